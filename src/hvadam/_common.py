@@ -1,0 +1,97 @@
+"""Pieces shared by every kernel path: the per-group options, the tensor bundle of a scope
+segment, and small helpers (effective gradient, weight decay, bias correction)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from hvadam.scope import ReductionKey
+
+
+class GroupOptions(NamedTuple):
+    """The hyperparameters of one param group, resolved for the kernels."""
+
+    lr: float | Tensor
+    lr_hidden: float | Tensor  # α2; equals lr unless set on its own
+    beta1: float
+    beta2: float
+    eps: float
+    gamma: float
+    weight_decay: float
+    decay: str  # "l2" (g += wd·θ), "decoupled" (θ *= 1 - lr·wd) or "fixed" (θ *= 1 - wd)
+    amsgrad: bool
+    maximize: bool
+    hidden_moment: bool
+    hidden_step: bool
+
+
+class Segment(NamedTuple):
+    """The tensors of one param group that take part in a step of one scope.
+
+    All lists are aligned; ``hidden_vectors`` is empty when the variant takes no hidden step and
+    ``max_second_moments`` is empty without AMSGrad. ``reduction_keys[i]`` names the process
+    groups over which tensor ``i``'s share of the inner products must be all-reduced (``()``: none).
+    """
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    exp_avgs: list[Tensor]
+    second_moments: list[Tensor]
+    hidden_vectors: list[Tensor]
+    max_second_moments: list[Tensor]
+    steps: list[Tensor]
+    reduction_keys: list[ReductionKey]
+    options: GroupOptions
+
+
+class Prepared(NamedTuple):
+    """What a path's first pass hands to its second: the effective gradients (after maximize
+    and L2 decay) and the scope shares ``{(process groups, device): tensor([c, e, f])}``."""
+
+    grads: list[Tensor]
+    shares: dict
+
+
+def add_share(shares: dict, key: ReductionKey, share: Tensor) -> None:
+    slot = (key, share.device)
+    shares[slot] = shares[slot] + share if slot in shares else share
+
+
+def effective_grad(grad: Tensor, param: Tensor, opts: GroupOptions) -> Tensor:
+    """``g`` after ``maximize`` (negated) and L2 decay (``g + wd·θ``, SPEC step 2)."""
+    if opts.maximize:
+        grad = -grad
+    if opts.decay == "l2" and opts.weight_decay != 0:
+        grad = grad.add(param, alpha=opts.weight_decay)
+    return grad
+
+
+def decayed_weight_factor(opts: GroupOptions) -> float | Tensor | None:
+    """The factor decoupled decay multiplies θ by (SPEC step 2), or ``None`` if there is none."""
+    if opts.weight_decay == 0 or opts.decay == "l2":
+        return None
+    if opts.decay == "fixed":
+        return 1 - opts.weight_decay
+    return 1 - opts.lr * opts.weight_decay
+
+
+def bias_correction(beta: float, step: Tensor, dtype: torch.dtype) -> Tensor:
+    """``1 - β^t`` computed on the device, in ``dtype`` (float64 params get float64 powers)."""
+    return 1 - torch.pow(beta, step.to(dtype))
+
+
+def eta_p_limit(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).max / 2
+
+
+def compute_dtype(param_dtype: torch.dtype, state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the update math runs in: float32 at least, float64 if parameter or state is
+    (complex dtypes count as their real components)."""
+    real = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+    widest = torch.promote_types(
+        real.get(param_dtype, param_dtype), real.get(state_dtype, state_dtype)
+    )
+    return torch.promote_types(widest, torch.float32)

@@ -1,0 +1,218 @@
+"""Functional HVAdam: the computation behind :class:`hvadam.HVAdam`, as ``torch.optim.adam.adam``
+is behind ``torch.optim.Adam``.
+
+A step over one scope is three pieces, each replaceable on its own:
+
+* a path's first pass (``prepare``): ``t ← t+1``, ``m ← β1·m + (1-β1)·g`` and every tensor's
+  share of ``(c, e, f) = (<m̂,m̂>, <m̂,m̂-v>, <m̂-v,m̂-v>)``;
+* :func:`hvadam.scope.reduce_partial_sums` and :func:`hvadam.scope.decide`: the scope's totals
+  and the branch-free restart / hidden-step decision;
+* the path's second pass (``apply``): the second moment, the adaptive step
+  ``θ ← θ - lr·m̂/(√ŝ + ε)``, and the hidden step ``v ← lerp(v, m̂, w)``, ``θ ← θ - α2·b_t·v``.
+
+Paths: ``"single"`` (one tensor at a time, the readable reference) and ``"foreach"``
+(``torch._foreach_*`` over buckets of tensors with one device and dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _get_foreach_kernels_supported_devices
+
+from hvadam import _multi_tensor, _single_tensor
+from hvadam._common import GroupOptions, Prepared, Segment, add_share, compute_dtype
+from hvadam._validation import VARIANTS, HiddenStepSize
+from hvadam.scope import Decision, ScopeState, decide, reduce_partial_sums
+
+__all__ = [
+    "GroupOptions",
+    "ScopeOptions",
+    "Segment",
+    "ScopeState",
+    "default_implementation",
+    "hvadam",
+    "step_scope",
+]
+
+IMPLEMENTATIONS: dict[str, ModuleType] = {"single": _single_tensor, "foreach": _multi_tensor}
+
+
+class ScopeOptions(NamedTuple):
+    """The options that act on a scope as a whole."""
+
+    beta2: float
+    hidden_step: bool
+    restart: bool
+    restart_threshold: float
+    hidden_step_size: HiddenStepSize
+
+
+def default_implementation(params: Sequence[Tensor]) -> str:
+    """``"foreach"`` when every tensor is on a CUDA-like device, else ``"single"``.
+
+    On CPU the foreach kernels loop over tensors anyway and allocate whole-list temporaries;
+    measured on 2 cores (README, "Speed"), the single-tensor loop is faster there.
+    """
+    foreach_devices = _get_foreach_kernels_supported_devices()
+    if params and all(p.device.type in foreach_devices for p in params):
+        return "foreach"
+    return "single"
+
+
+def _real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+def _in_compute_precision(segment: Segment) -> tuple[Segment, list[tuple[Tensor, Tensor]]]:
+    """The segment with complex tensors viewed as real pairs and every tensor in its compute
+    dtype (float32 at least, float64 when parameter or state is), plus the ``(original, copy)``
+    pairs to write back after the update."""
+    write_back: list[tuple[Tensor, Tensor]] = []
+
+    def convert(tensors: list[Tensor], dtypes: list[torch.dtype], writable: bool) -> list[Tensor]:
+        out = []
+        for tensor, dtype in zip(tensors, dtypes):
+            tensor = _real(tensor)
+            if tensor.dtype != dtype:
+                copy = tensor.to(dtype)
+                if writable:
+                    write_back.append((tensor, copy))
+                tensor = copy
+            out.append(tensor)
+        return out
+
+    dtypes = [compute_dtype(p.dtype, m.dtype) for p, m in zip(segment.params, segment.exp_avgs)]
+    converted = segment._replace(
+        params=convert(segment.params, dtypes, True),
+        grads=convert(segment.grads, dtypes, False),
+        exp_avgs=convert(segment.exp_avgs, dtypes, True),
+        second_moments=convert(segment.second_moments, dtypes, True),
+        hidden_vectors=convert(segment.hidden_vectors, dtypes, True),
+        max_second_moments=convert(segment.max_second_moments, dtypes, True),
+    )
+    return converted, write_back
+
+
+def step_scope(
+    segments: Sequence[tuple[Segment, str]],
+    scope_state: ScopeState | None,
+    options: ScopeOptions,
+) -> None:
+    """One HVAdam step over a scope made of ``(segment, implementation)`` pairs.
+
+    ``scope_state`` may be ``None`` only when the variant takes no hidden step.
+    """
+    runs: list[tuple[ModuleType, Segment, Prepared, list[tuple[Tensor, Tensor]]]] = []
+    shares: dict = {}
+    for segment, implementation in segments:
+        kernel = IMPLEMENTATIONS[implementation]
+        segment, write_back = _in_compute_precision(segment)
+        prepared = kernel.prepare(segment)
+        for (key, _device), share in prepared.shares.items():
+            add_share(shares, key, share)
+        runs.append((kernel, segment, prepared, write_back))
+
+    decision: Decision | None = None
+    if options.hidden_step:
+        if scope_state is None:
+            raise ValueError("scope_state: required when the variant takes a hidden step")
+        sums = reduce_partial_sums(
+            {key: share for (key, _device), share in shares.items()},
+            scope_state.device,
+            scope_state.dtype,
+        )
+        decision = decide(
+            sums,
+            scope_state,
+            beta2=options.beta2,
+            restart=options.restart,
+            restart_threshold=options.restart_threshold,
+            hidden_step_size=options.hidden_step_size,
+        )
+
+    for kernel, segment, prepared, write_back in runs:
+        kernel.apply(segment, prepared, decision)
+        for original, copy in write_back:
+            original.copy_(copy)
+
+
+def hvadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    second_moments: list[Tensor],
+    hidden_vectors: list[Tensor],
+    state_steps: list[Tensor],
+    scope_state: ScopeState | None,
+    max_second_moments: list[Tensor] | None = None,
+    *,
+    lr: float | Tensor = 1e-3,
+    lr_hidden: float | Tensor | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-16,
+    gamma: float = 0.0,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    fixed_decay: bool = False,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    variant: str = "hvadam",
+    restart_threshold: float = 0.1,
+    hidden_step_size: HiddenStepSize = (6.0, -3.0),
+    foreach: bool | None = None,
+) -> None:
+    """One HVAdam step over ``params``, which form a single scope (one hidden vector).
+
+    The lists are aligned, one entry per parameter that has a gradient; the state tensors and
+    ``scope_state`` (:meth:`ScopeState.zeros`) are updated in place. Hyperparameters mean what
+    they mean for :class:`hvadam.HVAdam`; nothing is validated here, so the call stays free of
+    host reads and compiles with ``fullgraph=True``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
+    flags = VARIANTS[variant]
+    options = GroupOptions(
+        lr=lr,
+        lr_hidden=lr if lr_hidden is None else lr_hidden,
+        beta1=betas[0],
+        beta2=betas[1],
+        eps=eps,
+        gamma=gamma,
+        weight_decay=weight_decay,
+        decay="fixed" if fixed_decay else "decoupled" if decoupled_weight_decay else "l2",
+        amsgrad=amsgrad,
+        maximize=maximize,
+        hidden_moment=flags.hidden_moment,
+        hidden_step=flags.hidden_step,
+    )
+    segment = Segment(
+        params=list(params),
+        grads=list(grads),
+        exp_avgs=list(exp_avgs),
+        second_moments=list(second_moments),
+        hidden_vectors=list(hidden_vectors) if flags.hidden_step else [],
+        max_second_moments=list(max_second_moments or []),
+        steps=list(state_steps),
+        reduction_keys=[()] * len(params),
+        options=options,
+    )
+    if foreach is None:
+        implementation = default_implementation(params)
+    else:
+        implementation = "foreach" if foreach else "single"
+    step_scope(
+        [(segment, implementation)],
+        scope_state,
+        ScopeOptions(
+            beta2=betas[1],
+            hidden_step=flags.hidden_step,
+            restart=flags.restart,
+            restart_threshold=restart_threshold,
+            hidden_step_size=hidden_step_size,
+        ),
+    )

@@ -1,0 +1,180 @@
+"""The scope: the set of parameters that share one hidden vector, and its per-step decision.
+
+One HVAdam step over a scope is three named pieces (``hvadam.functional`` composes them):
+
+1. *partial sums* (per kernel path): with ``m̂`` the bias-corrected momentum and ``d = m̂ - v``,
+   every tensor contributes its share of ``c = <m̂, m̂>``, ``e = <m̂, d>`` and ``f = <d, d>``.
+2. *reduction* (:func:`reduce_partial_sums`): the shares are added up over the scope; shares of
+   sharded tensors are all-reduced over the process groups that hold the other pieces.
+3. *decision* (:func:`decide`): from ``(c, e, f)`` and the scope scalars, a branch-free
+   computation yields the weight by which ``v`` moves towards ``m̂`` and the hidden-step size.
+
+The ``d``-form of SPEC step 10 is used: ``a - 2b + c`` cancels when ``v ≈ m̂``, ``<d, d>`` does not.
+Everything here stays on the device; no value is read on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from hvadam._validation import HiddenStepSize
+
+# Keys under which a scope's scalars live in the optimizer state of its anchor parameter.
+SCOPE_KEY_PREFIX = "scope_"
+
+
+@dataclass
+class ScopeState:
+    """The scalars one hidden vector carries between steps (all 0-dim tensors on one device).
+
+    ``steps_since_restart`` is SPEC's ``t2`` (``-1``: restart on the next step); ``delta`` is the
+    EMA of the cosine. ``delta_hat``, ``cosine`` and ``hidden_step_size`` (the ``b_t`` actually
+    applied, 0 when no hidden step was taken) are kept for diagnostics only.
+    """
+
+    steps_since_restart: Tensor
+    delta: Tensor
+    delta_hat: Tensor
+    cosine: Tensor
+    hidden_step_size: Tensor
+    restart_count: Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        """A fresh scope: ``t2 = -1`` (restart first), ``δ = 0``."""
+
+        def scalar(value: float, scalar_dtype: torch.dtype = dtype) -> Tensor:
+            return torch.full((), value, dtype=scalar_dtype, device=device)
+
+        return cls(
+            steps_since_restart=scalar(-1, torch.int64),
+            delta=scalar(0.0),
+            delta_hat=scalar(0.0),
+            cosine=scalar(0.0),
+            hidden_step_size=scalar(0.0),
+            restart_count=scalar(0, torch.int64),
+        )
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Tensor]) -> ScopeState:
+        """A view on the ``scope_*`` entries of an optimizer state dict (shares the tensors)."""
+        return cls(**{f.name: state[SCOPE_KEY_PREFIX + f.name] for f in fields(cls)})
+
+    def to_state(self) -> dict[str, Tensor]:
+        """The ``scope_*`` entries to store in the anchor parameter's state."""
+        return {SCOPE_KEY_PREFIX + f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def device(self) -> torch.device:
+        return self.delta.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.delta.dtype
+
+
+class Decision(NamedTuple):
+    """What the update pass applies to every tensor of the scope.
+
+    ``v ← lerp(v, m̂, v_weight)`` (1 on a restart, ``1 - k`` on a hidden step, 0 otherwise), then
+    ``θ ← θ - lr_hidden · hidden_coef · v`` (``hidden_coef`` is ``b_t``, or 0 when no hidden step).
+    """
+
+    v_weight: Tensor
+    hidden_coef: Tensor
+
+
+# Shares whose key is the empty tuple are local; any other key is the tuple of process groups
+# over which that share must be all-reduced before it joins the scope's total.
+ReductionKey = tuple
+
+
+def reduce_partial_sums(
+    shares: Mapping[ReductionKey, Tensor], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Add up the scope's ``(c, e, f)`` shares: ``Σ local + Σ_k all_reduce_k(share_k)``.
+
+    Shares held by other ranks are brought in with one all-reduce of a 3-element tensor per
+    distinct set of process groups, so every rank ends with the same total and takes the same
+    decision.
+    """
+    total = torch.zeros(3, device=device, dtype=dtype)
+    for groups, share in shares.items():
+        share = share.to(device=device, dtype=dtype)
+        if groups:
+            import torch.distributed as dist
+
+            share = share.clone()
+            for group in groups:
+                dist.all_reduce(share, op=dist.ReduceOp.SUM, group=group)
+        total = total + share
+    return total
+
+
+def hidden_step_size_of(rule: HiddenStepSize, delta: Tensor) -> Tensor:
+    """``b_t`` from ``δ``: ``10**(slope·δ + intercept)`` for a pair, or the user's callable."""
+    if callable(rule):
+        return torch.as_tensor(rule(delta), dtype=delta.dtype, device=delta.device)
+    slope, intercept = rule
+    return torch.pow(10.0, delta * slope + intercept)
+
+
+def decide(
+    sums: Tensor,
+    state: ScopeState,
+    *,
+    beta2: float,
+    restart: bool,
+    restart_threshold: float,
+    hidden_step_size: HiddenStepSize | Callable[[Tensor], Tensor],
+) -> Decision:
+    """One scope decision (SPEC steps 1, 9, 10), branch-free; updates ``state`` in place.
+
+    With ``c, e, f = sums`` and ``k = e / f`` (0 when ``f = 0``), the new hidden vector is
+    ``v' = m̂ - k·d`` (the foot of the perpendicular from 0 onto the line through ``v`` and
+    ``m̂``), ``<v', m̂> = c - k·e``, ``|v'|² = c - 2k·e + k²·f`` and
+    ``cos = <v', m̂> / (|v'|·|m̂|)``. Then ``δ ← β2·δ + (1-β2)·cos``,
+    ``δ̂ = δ / (1 - β2^t2)``; a hidden step of size ``b_t(δ)`` is taken unless ``δ̂`` fell
+    below the restart threshold (which schedules a restart) or the cosine was degenerate
+    (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0``: nothing changes at all).
+    """
+    c, e, f = sums.unbind()
+    zero = torch.zeros_like(c)
+    t2 = state.steps_since_restart + 1
+    restarting = t2 == 0
+
+    k = torch.where(f != 0, e / f, zero)
+    inner = c - k * e
+    norm_sq = c - 2 * k * e + k * k * f
+    # sqrt of each factor, not of the product: c·|v'|² overflows long before c does.
+    cosine = inner / (norm_sq.sqrt() * c.sqrt())
+    valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > 0)
+    accepted = valid & ~restarting
+
+    delta = state.delta * beta2 + (1 - beta2) * cosine
+    delta_hat = delta / (1 - torch.pow(beta2, t2.to(delta.dtype)))
+    wants_restart = accepted & (delta_hat < restart_threshold) if restart else zero.bool()
+    hidden = accepted & ~wants_restart
+    step_size = hidden_step_size_of(hidden_step_size, delta)
+
+    one = torch.ones_like(c)
+    v_weight = torch.where(restarting, one, torch.where(hidden, 1 - k, zero))
+    hidden_coef = torch.where(hidden, step_size, zero)
+
+    # t2 after this step: 0 on a restart, -1 when a restart was just scheduled, unchanged
+    # (as if the step never happened) when the cosine was degenerate.
+    next_t2 = torch.where(wants_restart, torch.full_like(t2, -1), t2)
+    state.steps_since_restart.copy_(
+        torch.where(accepted | restarting, next_t2, state.steps_since_restart)
+    )
+    state.delta.copy_(torch.where(restarting, zero, torch.where(accepted, delta, state.delta)))
+    state.delta_hat.copy_(torch.where(accepted, delta_hat, state.delta_hat))
+    state.cosine.copy_(torch.where(accepted, cosine, state.cosine))
+    state.hidden_step_size.copy_(hidden_coef)
+    state.restart_count.add_(wants_restart.to(state.restart_count.dtype))
+    return Decision(v_weight=v_weight, hidden_coef=hidden_coef)

@@ -1,0 +1,183 @@
+"""An independent HVAdam in float64 NumPy, written from the paper's Algorithm 2 and SPEC.md.
+
+It shares no code with the library and follows the spec literally: the hidden vector is
+formed explicitly as v' = k·v + (1-k)·m̂ over the concatenation of the scope's tensors, and
+the cosine is measured on that vector with ordinary norms (the library uses a one-pass
+algebraic form instead).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VARIANT_FLAGS = {  # (hidden second moment, hidden step, restart)
+    "hvadam": (True, True, True),
+    "hvadam2": (True, True, False),
+    "hvadam1": (False, True, False),
+    "hvadam0": (False, False, False),
+}
+
+
+@dataclass
+class GroupConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-16
+    gamma: float = 0.0
+    weight_decay: float = 0.0
+    decoupled_weight_decay: bool = False
+    fixed_decay: bool = False
+    amsgrad: bool = False
+    maximize: bool = False
+    lr_hidden: float | None = None
+    restart_threshold: float = 0.1
+    hidden_step_size: tuple[float, float] = (6.0, -3.0)
+    variant: str = "hvadam"
+    scope: str = "group"
+
+    def torch_kwargs(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TensorState:
+    t: int = 0
+    m: np.ndarray | None = None
+    s: np.ndarray | None = None
+    s_max: np.ndarray | None = None
+    v: np.ndarray | None = None
+
+
+@dataclass
+class ScopeScalars:
+    t2: int = -1
+    delta: float = 0.0
+    restarts: int = 0
+    last_b: float = 0.0
+
+
+@dataclass
+class ReferenceHVAdam:
+    params: list[list[np.ndarray]]  # per group, per tensor (float64, updated in place)
+    configs: list[GroupConfig]
+    states: dict = field(default_factory=dict)
+    scopes: dict = field(default_factory=dict)
+
+    def _scope_keys(self):
+        """[(scope key, [(group, tensor)])] in the order the spec's scopes are defined."""
+        out, shared = [], []
+        for gi, (group, config) in enumerate(zip(self.params, self.configs)):
+            members = [(gi, ti) for ti in range(len(group))]
+            if config.scope == "group":
+                out.append((("group", gi), members))
+            elif config.scope == "tensor":
+                out.extend(((("tensor", gi, ti), [m]) for ti, m in enumerate(members)))
+            else:
+                shared.extend(members)
+        if shared:
+            out.append((("global",), shared))
+        return out
+
+    def step(self, grads: list[list[np.ndarray | None]]) -> None:
+        for key, members in self._scope_keys():
+            members = [(gi, ti) for gi, ti in members if grads[gi][ti] is not None]
+            if members:
+                self._step_scope(key, members, grads)
+
+    def _step_scope(self, key, members, grads) -> None:
+        m_hats = []
+        for gi, ti in members:
+            c = self.configs[gi]
+            theta = self.params[gi][ti]
+            beta1, beta2 = c.betas
+            hidden_moment, hidden_step, _ = VARIANT_FLAGS[c.variant]
+            st = self.states.setdefault((gi, ti), TensorState())
+            if st.m is None:
+                st.m, st.s, st.s_max = (np.zeros_like(theta) for _ in range(3))
+                st.v = np.zeros_like(theta)
+            g = grads[gi][ti].astype(np.float64)
+            # 1. t ← t + 1
+            st.t += 1
+            if c.maximize:
+                g = -g
+            # 2. weight decay
+            if c.weight_decay:
+                if c.fixed_decay:
+                    theta *= 1 - c.weight_decay
+                elif c.decoupled_weight_decay:
+                    theta *= 1 - c.lr * c.weight_decay
+                else:
+                    g = g + c.weight_decay * theta
+            # 3. m ← β1·m + (1-β1)·g
+            st.m = beta1 * st.m + (1 - beta1) * g
+            if hidden_moment:
+                # 4. p ← (g - v)²  (v is still v_{t-1})
+                p = (g - st.v) ** 2
+                # 5. η ← p / ((g - m)² + γ·p + ε)
+                eta = p / ((g - st.m) ** 2 + c.gamma * p + c.eps)
+                # 6. s ← β2·s + (1-β2)·η·p + ε
+                st.s = beta2 * st.s + (1 - beta2) * eta * p + c.eps
+            else:
+                st.s = beta2 * st.s + (1 - beta2) * g * g
+            s = st.s
+            if c.amsgrad:
+                st.s_max = np.maximum(st.s_max, st.s)
+                s = st.s_max
+            # 7. bias correction and denominator
+            m_hat = st.m / (1 - beta1**st.t)
+            d = np.sqrt(s / (1 - beta2**st.t)) + c.eps
+            # 8. the adaptive step
+            theta -= c.lr * m_hat / d
+            m_hats.append(m_hat)
+
+        c0 = self.configs[members[0][0]]
+        _, hidden_step, restart = VARIANT_FLAGS[c0.variant]
+        if not hidden_step:
+            return
+        beta2 = c0.betas[1]
+        sc = self.scopes.setdefault(key, ScopeScalars())
+        states = [self.states[m] for m in members]
+        sizes = [m.size for m in m_hats]
+        M = np.concatenate([m.ravel() for m in m_hats])
+        V = np.concatenate([st.v.ravel() for st in states])
+
+        sc.t2 += 1
+        sc.last_b = 0.0
+        if sc.t2 == 0:  # 9. restart: v ← m̂, δ ← 0, no hidden step
+            new_v = M
+            sc.delta = 0.0
+        else:  # 10.
+            D = M - V
+            dd = float(D @ D)
+            k = float(M @ D) / dd if dd != 0 else 0.0
+            candidate = k * V + (1 - k) * M
+            norm_v, norm_m = np.linalg.norm(candidate), np.linalg.norm(M)
+            with np.errstate(all="ignore"):
+                cos = float(candidate @ M) / (norm_v * norm_m)
+            if not math.isfinite(cos) or abs(cos) > 1 or norm_m == 0 or norm_v == 0:
+                sc.t2 -= 1  # change nothing
+                return
+            sc.delta = beta2 * sc.delta + (1 - beta2) * cos
+            delta_hat = sc.delta / (1 - beta2**sc.t2)
+            if restart and delta_hat < c0.restart_threshold:
+                sc.t2 = -1
+                sc.restarts += 1
+                return
+            slope, intercept = c0.hidden_step_size
+            b = 10 ** (slope * sc.delta + intercept)
+            sc.last_b = b
+            new_v = candidate
+            offset = 0
+            for (gi, ti), size in zip(members, sizes):
+                c = self.configs[gi]
+                lr_hidden = c.lr if c.lr_hidden is None else c.lr_hidden
+                piece = new_v[offset : offset + size].reshape(self.params[gi][ti].shape)
+                self.params[gi][ti] -= lr_hidden * b * piece
+                offset += size
+        offset = 0
+        for st, size in zip(states, sizes):
+            st.v = new_v[offset : offset + size].reshape(st.v.shape).copy()
+            offset += size
