@@ -40,14 +40,17 @@ def _bias_corrections(beta: float, steps: list[Tensor], dtype: torch.dtype) -> l
 def _signed_sum(tensors: list[Tensor]) -> Tensor:
     """``Σ x`` over every element of every tensor, as ``2·Σ max(x, 0) - Σ|x|``.
 
-    foreach offers reductions of |x|^p only. The rounding error of this form is bounded by
-    ``ε·Σ|x|``, the same bound a direct dot product has, so no accuracy is lost.
+    foreach offers norms only. The rounding error of this form is bounded by ``ε·Σ|x|``, the
+    same bound a direct dot product has, so no accuracy is lost.
     """
     positive = torch._foreach_clamp_min(tensors, 0.0)
-    return (
-        2 * torch.stack(torch._foreach_powsum(positive, 1)).sum()
-        - torch.stack(torch._foreach_powsum(tensors, 1)).sum()
-    )
+    return 2 * _total(torch._foreach_norm(positive, 1)) - _total(torch._foreach_norm(tensors, 1))
+
+
+def _total(values: list[Tensor] | tuple[Tensor, ...], power: int = 1) -> Tensor:
+    """The sum of per-tensor norms, or of their squares with ``power=2``."""
+    stacked = torch.stack(list(values))
+    return (stacked * stacked if power == 2 else stacked).sum()
 
 
 def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptions):
@@ -79,9 +82,9 @@ def prepare(segment: Segment) -> Prepared:
             diffs = torch._foreach_sub(m_hats, _take(segment.hidden_vectors, indices))
             share = torch.stack(
                 [
-                    torch.stack(torch._foreach_powsum(m_hats, 2)).sum(),
+                    _total(torch._foreach_norm(m_hats, 2), power=2),
                     _signed_sum(torch._foreach_mul(m_hats, diffs)),
-                    torch.stack(torch._foreach_powsum(diffs, 2)).sum(),
+                    _total(torch._foreach_norm(diffs, 2), power=2),
                 ]
             )
             add_share(shares, segment.reduction_keys[indices[0]], share)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import chain
 from typing import Any
 
@@ -19,7 +19,7 @@ from hvadam._validation import (
 )
 from hvadam.diagnostics import ScopeDiagnostics, read_diagnostics
 from hvadam.functional import ScopeOptions, default_implementation, step_scope
-from hvadam.scope import SCOPE_KEY_PREFIX, ScopeState
+from hvadam.scope import SCOPE_KEY_PREFIX, SCOPE_KEYS, ScopeState
 
 # Per-parameter state tensors with the shape of the parameter.
 _TENSOR_STATE = ("exp_avg", "second_moment", "hidden_vector", "max_second_moment")
@@ -215,23 +215,24 @@ class HVAdam(Optimizer):
             )
         return loss
 
-    def _scopes(self) -> Iterator[tuple[Tensor, list[tuple[dict[str, Any], list[Tensor]]]]]:
+    def _scopes(self) -> list[tuple[Tensor, list[tuple[dict[str, Any], list[Tensor]]]]]:
         """Each scope as (anchor parameter, [(group, params)]); the anchor's state holds the
         scope's scalars."""
-        global_members = []
+        scopes: list = []
+        global_members: list = []
         for group in self.param_groups:
             params = group["params"]
             if not params:
                 continue
             if group["scope"] == "group":
-                yield params[0], [(group, params)]
+                scopes.append((params[0], [(group, params)]))
             elif group["scope"] == "tensor":
-                for param in params:
-                    yield param, [(group, [param])]
+                scopes.extend((param, [(group, [param])]) for param in params)
             else:
                 global_members.append((group, params))
         if global_members:
-            yield global_members[0][1][0], global_members
+            scopes.append((global_members[0][1][0], global_members))
+        return scopes
 
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
         if group["fused"]:
@@ -301,7 +302,7 @@ class HVAdam(Optimizer):
 
     def _scope_state(self, anchor: Tensor, group: dict[str, Any]) -> ScopeState:
         state = self.state[anchor]
-        if any(SCOPE_KEY_PREFIX + name not in state for name in ScopeState.__dataclass_fields__):
+        if any(key not in state for key in SCOPE_KEYS):
             fresh = ScopeState.zeros(anchor.device, _compute_dtype(group, anchor)).to_state()
             for key, value in fresh.items():
                 state.setdefault(key, value)

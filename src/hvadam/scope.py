@@ -16,7 +16,6 @@ Everything here stays on the device; no value is read on the host.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -28,8 +27,7 @@ from hvadam._validation import HiddenStepSize
 SCOPE_KEY_PREFIX = "scope_"
 
 
-@dataclass
-class ScopeState:
+class ScopeState(NamedTuple):
     """The scalars one hidden vector carries between steps (all 0-dim tensors on one device).
 
     ``steps_since_restart`` is SPEC's ``t2`` (``-1``: restart on the next step); ``delta`` is the
@@ -63,11 +61,11 @@ class ScopeState:
     @classmethod
     def from_state(cls, state: Mapping[str, Tensor]) -> ScopeState:
         """A view on the ``scope_*`` entries of an optimizer state dict (shares the tensors)."""
-        return cls(**{f.name: state[SCOPE_KEY_PREFIX + f.name] for f in fields(cls)})
+        return cls(*(state[key] for key in SCOPE_KEYS))
 
     def to_state(self) -> dict[str, Tensor]:
         """The ``scope_*`` entries to store in the anchor parameter's state."""
-        return {SCOPE_KEY_PREFIX + f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(SCOPE_KEYS, self))
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +74,12 @@ class ScopeState:
     @property
     def dtype(self) -> torch.dtype:
         return self.delta.dtype
+
+
+# |v'|² below ZERO_NORM_FACTOR · eps · |m̂|² is indistinguishable from 0 (see decide()).
+ZERO_NORM_FACTOR = 32
+
+SCOPE_KEYS = tuple(SCOPE_KEY_PREFIX + name for name in ScopeState._fields)
 
 
 class Decision(NamedTuple):
@@ -141,7 +145,7 @@ def decide(
     ``cos = <v', m̂> / (|v'|·|m̂|)``. Then ``δ ← β2·δ + (1-β2)·cos``,
     ``δ̂ = δ / (1 - β2^t2)``; a hidden step of size ``b_t(δ)`` is taken unless ``δ̂`` fell
     below the restart threshold (which schedules a restart) or the cosine was degenerate
-    (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0``: nothing changes at all).
+    (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0`` to working precision: nothing changes).
     """
     c, e, f = sums.unbind()
     zero = torch.zeros_like(c)
@@ -153,7 +157,12 @@ def decide(
     norm_sq = c - 2 * k * e + k * k * f
     # sqrt of each factor, not of the product: c·|v'|² overflows long before c does.
     cosine = inner / (norm_sq.sqrt() * c.sqrt())
-    valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > 0)
+    # "|v'| = 0" at working precision: |v'|² = c - k·e cancels to round-off when v, m̂ and 0
+    # are collinear (always so for a 1-element scope), so anything below that noise level
+    # (|v'|² ≤ 32·eps·|m̂|², i.e. cos ≲ 2e-3 in float32) counts as zero and changes nothing,
+    # instead of a decision drawn from rounding errors.
+    zero_floor = ZERO_NORM_FACTOR * torch.finfo(c.dtype).eps
+    valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > zero_floor * c)
     accepted = valid & ~restarting
 
     delta = state.delta * beta2 + (1 - beta2) * cosine
