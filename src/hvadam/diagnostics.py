@@ -35,28 +35,22 @@ def read_diagnostics(scopes: list[tuple[str, ScopeState]]) -> list[ScopeDiagnost
     device = scopes[0][1].device
     rows = torch.stack(
         [
-            torch.stack(
-                [
-                    state.delta.double(),
-                    state.delta_hat.double(),
-                    state.hidden_step_size.double(),
-                    state.cosine.double(),
-                    state.steps_since_restart.double(),
-                    state.restart_count.double(),
-                ]
-            ).to(device)
+            torch.cat([value.reshape(1).double() for value in state]).to(device)
             for _, state in scopes
         ]
     ).tolist()
-    return [
-        ScopeDiagnostics(
-            scope=name,
-            delta=row[0],
-            delta_hat=row[1],
-            hidden_step_size=row[2],
-            cosine=row[3],
-            steps_since_restart=int(row[4]),
-            restart_count=int(row[5]),
+    diagnostics = []
+    for (name, _), row in zip(scopes, rows):
+        values = dict(zip(ScopeState._fields, row))
+        diagnostics.append(
+            ScopeDiagnostics(
+                scope=name,
+                delta=values["delta"],
+                delta_hat=values["delta_hat"],
+                hidden_step_size=values["hidden_step_size"],
+                cosine=values["cosine"],
+                steps_since_restart=int(values["steps_since_restart"]),
+                restart_count=int(values["restart_count"]),
+            )
         )
-        for (name, _), row in zip(scopes, rows)
-    ]
+    return diagnostics

@@ -156,7 +156,7 @@ class HVAdam(Optimizer):
                 if "step" in param_state and not torch.is_tensor(param_state["step"]):
                     param_state["step"] = torch.tensor(
                         float(param_state["step"]),
-                        dtype=_step_dtype(group, param),
+                        dtype=torch.float32,
                         device=param.device,
                     )
 
@@ -287,7 +287,7 @@ class HVAdam(Optimizer):
         also completes states loaded from older checkpoints)."""
         state = self.state[param]
         if "step" not in state:
-            state["step"] = torch.zeros((), dtype=_step_dtype(group, param), device=param.device)
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
         needed = ["exp_avg", "second_moment"]
         if VARIANTS[group["variant"]].hidden_step:
             needed.append("hidden_vector")
@@ -389,13 +389,11 @@ def _compute_dtype(group: dict[str, Any], param: Tensor) -> torch.dtype:
     return compute_dtype(param.dtype, _state_dtype(group, param))
 
 
-def _step_dtype(group: dict[str, Any], param: Tensor) -> torch.dtype:
-    return torch.float64 if _compute_dtype(group, param) == torch.float64 else torch.float32
-
-
 def _loaded_dtype(key: str, group: dict[str, Any], param: Tensor, value: Tensor) -> torch.dtype:
     if key == "step":
-        return _step_dtype(group, param)
+        # float32 as torch's optimizers keep it: integers are exact up to 2^24, and the bias
+        # corrections are computed in the math dtype from it.
+        return torch.float32
     if key in _TENSOR_STATE:
         return _state_dtype(group, param)
     if key in _INTEGER_SCOPE_KEYS:

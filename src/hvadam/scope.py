@@ -28,7 +28,7 @@ SCOPE_KEY_PREFIX = "scope_"
 
 
 class ScopeState(NamedTuple):
-    """The scalars one hidden vector carries between steps (all 0-dim tensors on one device).
+    """The scalars one hidden vector carries between steps (1-element tensors on one device).
 
     ``steps_since_restart`` is SPEC's ``t2`` (``-1``: restart on the next step); ``delta`` is the
     EMA of the cosine. ``delta_hat``, ``cosine`` and ``hidden_step_size`` (the ``b_t`` actually
@@ -46,8 +46,10 @@ class ScopeState(NamedTuple):
     def zeros(cls, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
         """A fresh scope: ``t2 = -1`` (restart first), ``δ = 0``."""
 
+        # Stored with shape (1,), not (): Inductor on CPU (torch 2.13) drops in-place updates
+        # of 0-dim float64 graph inputs, which would silently freeze a compiled float64 scope.
         def scalar(value: float, scalar_dtype: torch.dtype = dtype) -> Tensor:
-            return torch.full((), value, dtype=scalar_dtype, device=device)
+            return torch.full((1,), value, dtype=scalar_dtype, device=device)
 
         return cls(
             steps_since_restart=scalar(-1, torch.int64),
@@ -147,6 +149,7 @@ def decide(
     below the restart threshold (which schedules a restart) or the cosine was degenerate
     (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0`` to working precision: nothing changes).
     """
+    state = ScopeState(*(scalar.view(()) for scalar in state))
     c, e, f = sums.unbind()
     zero = torch.zeros_like(c)
     t2 = state.steps_since_restart + 1
