@@ -1,8 +1,9 @@
 """Pieces shared by every kernel path: the per-group options, the tensor bundle of a scope
-segment, and small helpers (effective gradient, weight decay, bias correction)."""
+segment, and small helpers (effective gradient, weight decay, per-step scalars)."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import NamedTuple
 
 import torch
@@ -34,6 +35,7 @@ class Segment(NamedTuple):
     All lists are aligned; ``hidden_vectors`` is empty when the variant takes no hidden step and
     ``max_second_moments`` is empty without AMSGrad. ``reduction_keys[i]`` names the process
     groups over which tensor ``i``'s share of the inner products must be all-reduced (``()``: none).
+    ``steps`` have already been advanced to this step's ``t`` when a path sees them.
     """
 
     params: list[Tensor]
@@ -48,16 +50,28 @@ class Segment(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    """What a path's first pass hands to its second: the effective gradients (after maximize
-    and L2 decay) and the scope shares ``{(process groups, device): tensor([c, e, f])}``."""
+    """What a path's first pass hands to its second: the scope shares
+    ``{(process groups, device): tensor([c, e, f])}`` and anything else the path keeps."""
 
-    grads: list[Tensor]
     shares: dict
+    carry: object = None
 
 
 def add_share(shares: dict, key: ReductionKey, share: Tensor) -> None:
     slot = (key, share.device)
     shares[slot] = shares[slot] + share if slot in shares else share
+
+
+def buckets(segment: Segment) -> list[list[int]]:
+    """Indices of the segment's tensors grouped by device, dtype and reduction key."""
+    grouped: dict = defaultdict(list)
+    for i, param in enumerate(segment.params):
+        grouped[(param.device, param.dtype, segment.reduction_keys[i])].append(i)
+    return list(grouped.values())
+
+
+def take(tensors: list, indices: list[int]) -> list:
+    return [tensors[i] for i in indices] if tensors else []
 
 
 def effective_grad(grad: Tensor, param: Tensor, opts: GroupOptions) -> Tensor:
@@ -78,12 +92,36 @@ def decayed_weight_factor(opts: GroupOptions) -> float | Tensor | None:
     return 1 - opts.lr * opts.weight_decay
 
 
-def bias_correction(beta: float, step: Tensor, dtype: torch.dtype) -> Tensor:
-    """``1 - β^t`` computed on the device, in ``dtype`` (float64 params get float64 powers)."""
-    return 1 - torch.pow(beta, step.to(dtype))
+class StepScalars(NamedTuple):
+    """Per-tensor scalars of one step, each a 1-D tensor with one entry per tensor.
+
+    With ``bc1 = 1 - β1^t`` and ``bc2 = 1 - β2^t``, the adaptive step
+    ``θ ← θ - lr·(m/bc1) / (√(s/bc2) + ε)`` is rewritten as
+    ``θ ← θ + m / ((√s + ε·√bc2) / neg_step)`` with ``neg_step = -lr·√bc2 / bc1``, so that a
+    tensor takes three elementwise ops and no host-side scalar.
+    """
+
+    neg_bc1: Tensor  # -(1 - β1^t): u = m - bc1·v is addcmul(m, v, neg_bc1)
+    inv_bc1: Tensor  # 1 / bc1: m̂ = m·inv_bc1
+    eps_scaled: Tensor  # ε·√bc2
+    neg_step: Tensor  # -lr·√bc2 / bc1
+
+
+def step_scalars(steps: list[Tensor], opts: GroupOptions, dtype: torch.dtype) -> StepScalars:
+    """The :class:`StepScalars` of tensors on one device, computed in a handful of ops."""
+    t = torch.stack(steps).to(dtype)
+    bc1 = 1 - torch.pow(opts.beta1, t)
+    bc2_sqrt = (1 - torch.pow(opts.beta2, t)).sqrt()
+    return StepScalars(
+        neg_bc1=-bc1,
+        inv_bc1=1 / bc1,
+        eps_scaled=opts.eps * bc2_sqrt,
+        neg_step=-opts.lr * bc2_sqrt / bc1,
+    )
 
 
 def eta_p_limit(dtype: torch.dtype) -> float:
+    """Where η·p saturates: half the dtype's max, so the EMA of it cannot round up to inf."""
     return torch.finfo(dtype).max / 2
 
 

@@ -107,6 +107,8 @@ def step_scope(
 
     ``scope_state`` may be ``None`` only when the variant takes no hidden step.
     """
+    # SPEC step 1 (t ← t + 1), once per tensor whatever the path does with the tensor later.
+    torch._foreach_add_([step for segment, _ in segments for step in segment.steps], 1)
     runs: list[tuple[ModuleType, Segment, Prepared, list[tuple[Tensor, Tensor]]]] = []
     shares: dict = {}
     for segment, implementation in segments:

@@ -22,6 +22,7 @@ PATHS = [
     pytest.param({"foreach": True}, id="foreach"),
 ]
 
+
 # Each case: two param groups with different options; restart thresholds above the default
 # make restarts frequent enough to be exercised within the horizon.
 CASES = {

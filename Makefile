@@ -1,0 +1,31 @@
+# The two commands of a fresh machine:
+#   make demo   runs the project's main job
+#   make test   runs lint and the whole test suite
+# Each creates the virtual environment it needs (.venv) on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch first: an open range alone would pull a multi-GB CUDA build.
+# Override with e.g. `make test TORCH=torch` on a machine with a GPU.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint clean
+
+$(VENV)/.ready: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.ready
+	$(PY) examples/quickstart.py
+
+lint: $(VENV)/.ready
+	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff format --check src tests examples
+
+test: lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
