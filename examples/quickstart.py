@@ -1,6 +1,7 @@
 """Train one small network with HVAdam and with Adam, side by side, and print both losses.
 
-Run: python examples/quickstart.py
+Each optimizer gets its best learning rate from the same grid, chosen on a validation split;
+the test loss is reported once, at the end. Run: python examples/quickstart.py
 """
 
 import torch
@@ -8,37 +9,46 @@ from torch import nn
 
 from hvadam import HVAdam
 
-
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
+GRID = (3e-3, 1e-2, 3e-2, 1e-1)
+OPTIMIZERS = {"HVAdam": HVAdam, "Adam": torch.optim.Adam}
 
 
-def main(steps: int = 300) -> None:
+def make_data():
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(512, 8, generator=generator)
-    y = torch.sin(x @ torch.randn(8, 1, generator=generator)) + 0.05 * torch.randn(512, 1)
-    models = {"HVAdam": make_model(), "Adam": make_model()}
-    optimizers = {
-        "HVAdam": HVAdam(models["HVAdam"].parameters(), lr=1e-2),
-        "Adam": torch.optim.Adam(models["Adam"].parameters(), lr=1e-2),
-    }
-    print(f"{'step':>6} " + " ".join(f"{name:>12}" for name in models))
-    for step in range(1, steps + 1):
-        losses = {}
-        for name, model in models.items():
-            optimizers[name].zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            optimizers[name].step()
-            losses[name] = loss.item()
-        if step == 1 or step % 50 == 0:
-            print(f"{step:>6} " + " ".join(f"{losses[name]:>12.5f}" for name in models))
-    diag = optimizers["HVAdam"].diagnostics()[0]
-    print(
-        f"HVAdam hidden vector: delta={diag.delta:.4f} delta_hat={diag.delta_hat:.4f} "
-        f"b_t={diag.hidden_step_size:.4g} restarts={diag.restart_count}"
-    )
+    x = torch.randn(3072, 8, generator=generator)
+    w = torch.randn(8, 1, generator=generator)
+    y = torch.sin(x @ w) + 0.05 * torch.randn(3072, 1, generator=generator)
+    return (x[:2048], y[:2048]), (x[2048:2560], y[2048:2560]), (x[2560:], y[2560:])
+
+
+def train(name: str, lr: float, data, steps: int = 1000) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 1))
+    opt = OPTIMIZERS[name](model.parameters(), lr=lr)
+    x, y = data
+    batches = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=batches)
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return model
+
+
+def loss(model: nn.Module, data) -> float:
+    with torch.no_grad():
+        return nn.functional.mse_loss(model(data[0]), data[1]).item()
+
+
+def main() -> None:
+    train_data, valid_data, test_data = make_data()
+    print(f"{'optimizer':<10}" + "".join(f"{'lr=' + str(lr):>12}" for lr in GRID))
+    for name in OPTIMIZERS:
+        models = {lr: train(name, lr, train_data) for lr in GRID}
+        valid = {lr: loss(model, valid_data) for lr, model in models.items()}
+        print(f"{name:<10}" + "".join(f"{valid[lr]:>12.5f}" for lr in GRID) + "   (valid)")
+        best = min(valid, key=valid.get)
+        print(f"{'':<10}best lr {best}: test loss {loss(models[best], test_data):.5f}")
 
 
 if __name__ == "__main__":
