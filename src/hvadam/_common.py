@@ -35,7 +35,6 @@ class Segment(NamedTuple):
     All lists are aligned; ``hidden_vectors`` is empty when the variant takes no hidden step and
     ``max_second_moments`` is empty without AMSGrad. ``reduction_keys[i]`` names the process
     groups over which tensor ``i``'s share of the inner products must be all-reduced (``()``: none).
-    ``steps`` have already been advanced to this step's ``t`` when a path sees them.
     """
 
     params: list[Tensor]

@@ -47,7 +47,7 @@ def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptio
 
 
 def prepare(segment: Segment) -> Prepared:
-    """Step 3 per bucket, and each bucket's share of ``(c, e, f)``."""
+    """Steps 1 and 3 per bucket, and each bucket's share of ``(c, e, f)``."""
     opts = segment.options
     shares: dict = {}
     carry = []  # per bucket: (effective grads, m̂ or None)
@@ -55,6 +55,7 @@ def prepare(segment: Segment) -> Prepared:
         params = take(segment.params, indices)
         grads = _effective_grads(take(segment.grads, indices), params, opts)
         exp_avgs = take(segment.exp_avgs, indices)
+        torch._foreach_add_(take(segment.steps, indices), 1)
         torch._foreach_lerp_(exp_avgs, grads, 1 - opts.beta1)
         m_hats = None
         if opts.hidden_step:

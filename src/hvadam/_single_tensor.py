@@ -27,11 +27,15 @@ def _dot(x: Tensor, y: Tensor) -> Tensor:
 
 
 def prepare(segment: Segment) -> Prepared:
-    """Step 3 (``m ← β1·m + (1-β1)·g``) for every tensor, and the shares of ``(c, e, f)``."""
+    """Steps 1 and 3 (``t ← t + 1``, ``m ← β1·m + (1-β1)·g``) for every tensor, and the shares
+    of ``(c, e, f)``."""
     opts = segment.options
     shares: dict = {}
     for indices in buckets(segment):
-        scalars = step_scalars(take(segment.steps, indices), opts, segment.params[indices[0]].dtype)
+        steps = take(segment.steps, indices)
+        for step in steps:  # t ← t + 1 (a loop, not foreach, so that the step can be vmapped)
+            step.add_(1)
+        scalars = step_scalars(steps, opts, segment.params[indices[0]].dtype)
         neg_bc1 = scalars.neg_bc1.unbind()
         dots = []
         for j, i in enumerate(indices):

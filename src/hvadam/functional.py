@@ -27,7 +27,7 @@ from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 from hvadam import _multi_tensor, _single_tensor
 from hvadam._common import GroupOptions, Prepared, Segment, add_share, compute_dtype
 from hvadam._validation import VARIANTS, HiddenStepSize
-from hvadam.scope import Decision, ScopeState, decide, reduce_partial_sums
+from hvadam.scope import Decision, ReductionKey, ScopeState, decide, reduce_partial_sums
 
 __all__ = [
     "GroupOptions",
@@ -102,13 +102,15 @@ def step_scope(
     segments: Sequence[tuple[Segment, str]],
     scope_state: ScopeState | None,
     options: ScopeOptions,
+    reduction_keys: Sequence[ReductionKey] = (),
 ) -> None:
     """One HVAdam step over a scope made of ``(segment, implementation)`` pairs.
 
     ``scope_state`` may be ``None`` only when the variant takes no hidden step.
+    ``reduction_keys`` are the scope's non-local keys in the order all ranks share
+    (:func:`hvadam.distributed.scope_reduction_keys`); with any, ``segments`` may be empty: the
+    rank then joins the reduction with zero shares and keeps its scope state in step.
     """
-    # SPEC step 1 (t ← t + 1), once per tensor whatever the path does with the tensor later.
-    torch._foreach_add_([step for segment, _ in segments for step in segment.steps], 1)
     runs: list[tuple[ModuleType, Segment, Prepared, list[tuple[Tensor, Tensor]]]] = []
     shares: dict = {}
     for segment, implementation in segments:
@@ -123,11 +125,12 @@ def step_scope(
     if options.hidden_step:
         if scope_state is None:
             raise ValueError("scope_state: required when the variant takes a hidden step")
-        sums = reduce_partial_sums(
-            {key: share for (key, _device), share in shares.items()},
-            scope_state.device,
-            scope_state.dtype,
-        )
+        # One share per key: a scope spread over several devices has one per (key, device).
+        by_key: dict = {}
+        for (key, _device), share in shares.items():
+            share = share.to(scope_state.device)
+            by_key[key] = by_key[key] + share if key in by_key else share
+        sums = reduce_partial_sums(by_key, scope_state.device, scope_state.dtype, reduction_keys)
         decision = decide(
             sums,
             scope_state,

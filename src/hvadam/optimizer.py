@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
+import hvadam.distributed
 from hvadam._common import GroupOptions, Segment, compute_dtype
 from hvadam._validation import (
     VARIANTS,
@@ -19,7 +20,7 @@ from hvadam._validation import (
 )
 from hvadam.diagnostics import ScopeDiagnostics, read_diagnostics
 from hvadam.functional import ScopeOptions, default_implementation, step_scope
-from hvadam.scope import SCOPE_KEY_PREFIX, SCOPE_KEYS, ScopeState
+from hvadam.scope import SCOPE_KEY_PREFIX, SCOPE_KEYS, ScopeState, reduce_partial_sums
 
 # Per-parameter state tensors with the shape of the parameter.
 _TENSOR_STATE = ("exp_avg", "second_moment", "hidden_vector", "max_second_moment")
@@ -87,6 +88,12 @@ class HVAdam(Optimizer):
         foreach: use the multi-tensor path; ``None`` picks the faster one for the device.
         fused: reserved for the compiled path (not yet available).
         maximize: maximize the objective instead of minimizing.
+        scope_group: the ``torch.distributed`` process group over which the optimizer's plain
+            (non-DTensor) parameters are partitioned, as ``ZeroRedundancyOptimizer`` does: their
+            shares of the scope's inner products are all-reduced over it. ``None`` (default):
+            plain tensors are local, or identical on every rank (DDP). DTensor parameters need
+            nothing: they are reduced over the mesh dimensions that shard them. Not allowed
+            with ``scope="tensor"``. See README, "Scaling out".
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class HVAdam(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         maximize: bool = False,
+        scope_group: Any = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -131,6 +139,8 @@ class HVAdam(Optimizer):
             maximize=maximize,
         )
         validate_options(defaults)
+        # An attribute, not a group option: a process group cannot be saved in a state dict.
+        self.scope_group = scope_group
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -140,6 +150,14 @@ class HVAdam(Optimizer):
         try:
             validate_options(group)
             validate_global_scope(self.param_groups)
+            if group["scope"] == "tensor" and self.scope_group is not None:
+                # Under ZeRO each rank holds different tensors, so per-tensor scopes would have
+                # ranks call different numbers of collectives, and hang.
+                raise ValueError(
+                    'scope_group: cannot be combined with scope="tensor" (ranks holding '
+                    'different tensors would run different collectives); use scope="group" '
+                    'or "global"'
+                )
             for param in group["params"]:
                 _check_param(param, group)
         except ValueError:
@@ -148,6 +166,7 @@ class HVAdam(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("scope_group", None)  # process groups are not pickled
         for group in self.param_groups:
             for key, value in _DEFAULTS.items():
                 group.setdefault(key, value)
@@ -191,16 +210,35 @@ class HVAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        distributed = hvadam.distributed.is_active()
         for anchor, members in self._scopes():
             segments = []
             for group, params in members:
                 segment = self._segment(group, params)
                 if segment is not None:
+                    if distributed:
+                        segment = hvadam.distributed.local_segment(segment, self.scope_group)
                     segments.append((segment, self._implementation(group, segment.params)))
-            if not segments:
-                continue
             group = members[0][0]
             variant = VARIANTS[group["variant"]]
+            reduction_keys = []
+            if distributed and variant.hidden_step:
+                reduction_keys = hvadam.distributed.scope_reduction_keys(
+                    (param for _, params in members for param in params), self.scope_group
+                )
+            # A scope reduced across ranks steps on every rank, with or without gradients here,
+            # so that all ranks call the same collectives in the same order.
+            if not segments and not reduction_keys:
+                continue
+            if anchor is None:
+                # No parameter of the scope on this rank (ZeRO may leave a rank an empty
+                # group): no state to keep, but the peers' all-reduces need this rank's zeros.
+                device = hvadam.distributed.collective_device(
+                    chain.from_iterable(g["params"] for g in self.param_groups),
+                    reduction_keys[0][0],
+                )
+                reduce_partial_sums({}, device, torch.float64, reduction_keys)
+                continue
             scope_state = self._scope_state(anchor, group) if variant.hidden_step else None
             step_scope(
                 segments,
@@ -212,26 +250,32 @@ class HVAdam(Optimizer):
                     restart_threshold=group["restart_threshold"],
                     hidden_step_size=group["hidden_step_size"],
                 ),
+                reduction_keys,
             )
         return loss
 
-    def _scopes(self) -> list[tuple[Tensor, list[tuple[dict[str, Any], list[Tensor]]]]]:
+    def _scopes(
+        self,
+    ) -> list[tuple[Tensor | None, list[tuple[dict[str, Any], list[Tensor]]]]]:
         """Each scope as (anchor parameter, [(group, params)]); the anchor's state holds the
-        scope's scalars."""
+        scope's scalars. With a ``scope_group``, empty groups count too (anchor ``None``): under
+        ZeRO another rank holds their parameters, and this rank must join their reduction."""
+        keep_empty = self.scope_group is not None
         scopes: list = []
         global_members: list = []
         for group in self.param_groups:
             params = group["params"]
-            if not params:
+            if not params and not keep_empty:
                 continue
             if group["scope"] == "group":
-                scopes.append((params[0], [(group, params)]))
+                scopes.append((params[0] if params else None, [(group, params)]))
             elif group["scope"] == "tensor":
                 scopes.extend((param, [(group, [param])]) for param in params)
             else:
                 global_members.append((group, params))
         if global_members:
-            scopes.append((global_members[0][1][0], global_members))
+            anchor = next((p for _, params in global_members for p in params), None)
+            scopes.append((anchor, global_members))
         return scopes
 
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
@@ -327,6 +371,8 @@ class HVAdam(Optimizer):
         taken a step. Reading them synchronises with the device once; ``step()`` never does."""
         named = []
         for anchor, members in self._scopes():
+            if anchor is None:
+                continue
             state = self.state.get(anchor, {})
             if SCOPE_KEY_PREFIX + "delta" not in state:
                 continue

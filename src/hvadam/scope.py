@@ -15,7 +15,7 @@ Everything here stays on the device; no value is read on the host.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -101,25 +101,47 @@ ReductionKey = tuple
 
 
 def reduce_partial_sums(
-    shares: Mapping[ReductionKey, Tensor], device: torch.device, dtype: torch.dtype
+    shares: Mapping[ReductionKey, Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    reduction_keys: Sequence[ReductionKey] = (),
 ) -> Tensor:
     """Add up the scope's ``(c, e, f)`` shares: ``Σ local + Σ_k all_reduce_k(share_k)``.
 
-    Shares held by other ranks are brought in with one all-reduce of a 3-element tensor per
-    distinct set of process groups, so every rank ends with the same total and takes the same
-    decision.
+    Shares held by other ranks are brought in with one all-reduce of a 4-element float64 tensor
+    per distinct set of process groups (sequentially over the groups of a key), so every rank
+    ends with the same total and takes the same decision. ``reduction_keys`` lists the scope's
+    non-local keys in an order every rank shares; each is all-reduced exactly once per step,
+    with a zero share from a rank that has none, so that ranks call the same collectives in
+    the same order. Shares under keys not listed there are reduced after them.
+
+    Returns ``(c, e, f)`` when every share is local; otherwise ``(c, e, f, n)``, where ``n``
+    counts the (rank, key) pairs that brought a share: ``n = 0`` means no tensor of the scope
+    had a gradient on any rank, and :func:`decide` then leaves the scope as it was.
     """
     total = torch.zeros(3, device=device, dtype=dtype)
-    for groups, share in shares.items():
-        share = share.to(device=device, dtype=dtype)
-        if groups:
-            import torch.distributed as dist
+    for key, share in shares.items():
+        if not key:
+            total = total + share.to(device=device, dtype=dtype)
+    remote = list(reduction_keys) + [k for k in shares if k and k not in reduction_keys]
+    if not remote:
+        return total
 
-            share = share.clone()
-            for group in groups:
-                dist.all_reduce(share, op=dist.ReduceOp.SUM, group=group)
-        total = total + share
-    return total
+    import torch.distributed as dist
+
+    # float64 whatever the scope's dtype: every rank must all-reduce the same dtype, also a
+    # rank that holds none of the scope's tensors and so cannot know that dtype.
+    local_count = float(any(not key for key in shares))
+    reduced = torch.tensor([0.0, 0.0, 0.0, local_count], device=device, dtype=torch.float64)
+    for key in remote:
+        buffer = torch.zeros(4, device=device, dtype=torch.float64)
+        if key in shares:
+            buffer[:3] = shares[key]
+            buffer[3] = 1
+        for group in key:
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
+        reduced = reduced + buffer
+    return torch.cat([total, total.new_zeros(1)]) + reduced.to(dtype)
 
 
 def hidden_step_size_of(rule: HiddenStepSize, delta: Tensor) -> Tensor:
@@ -148,9 +170,11 @@ def decide(
     ``δ̂ = δ / (1 - β2^t2)``; a hidden step of size ``b_t(δ)`` is taken unless ``δ̂`` fell
     below the restart threshold (which schedules a restart) or the cosine was degenerate
     (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0`` to working precision: nothing changes).
+    ``sums`` may carry a fourth entry, the count of shares that took part across ranks
+    (:func:`reduce_partial_sums`); when it is 0 the scope is left exactly as it was.
     """
     state = ScopeState(*(scalar.view(()) for scalar in state))
-    c, e, f = sums.unbind()
+    c, e, f = sums[:3].unbind()
     zero = torch.zeros_like(c)
     t2 = state.steps_since_restart + 1
     restarting = t2 == 0
@@ -166,6 +190,14 @@ def decide(
     # instead of a decision drawn from rounding errors.
     zero_floor = ZERO_NORM_FACTOR * torch.finfo(c.dtype).eps
     valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > zero_floor * c)
+    took_part = None
+    if sums.numel() == 4:
+        # Reduced across ranks: sums[3] counts the shares that took part. With none, no tensor
+        # of the scope had a gradient anywhere, and the scope does not step (as a single
+        # process would skip it).
+        took_part = sums[3] > 0
+        restarting = restarting & took_part
+        valid = valid & took_part
     accepted = valid & ~restarting
 
     delta = state.delta * beta2 + (1 - beta2) * cosine
@@ -187,6 +219,9 @@ def decide(
     state.delta.copy_(torch.where(restarting, zero, torch.where(accepted, delta, state.delta)))
     state.delta_hat.copy_(torch.where(accepted, delta_hat, state.delta_hat))
     state.cosine.copy_(torch.where(accepted, cosine, state.cosine))
-    state.hidden_step_size.copy_(hidden_coef)
+    if took_part is None:
+        state.hidden_step_size.copy_(hidden_coef)
+    else:
+        state.hidden_step_size.copy_(torch.where(took_part, hidden_coef, state.hidden_step_size))
     state.restart_count.add_(wants_restart.to(state.restart_count.dtype))
     return Decision(v_weight=v_weight, hidden_coef=hidden_coef)
