@@ -1,5 +1,5 @@
 # The two commands of a fresh machine:
-#   make demo   runs the project's main job
+#   make demo   runs the project's main job (the valley study)
 #   make test   runs lint and the whole test suite
 # Each creates the virtual environment it needs (.venv) on first use.
 
@@ -14,11 +14,12 @@ TORCH ?= torch==2.13.0
 $(VENV)/.ready: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[bench,test]"
 	touch $@
 
+# The valley study, quick preset; regenerates the committed results/valley/.
 demo: $(VENV)/.ready
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/hvadam-bench valley --quick --out results/valley
 
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check src tests examples

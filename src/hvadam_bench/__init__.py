@@ -1,0 +1,1 @@
+"""hvadam-bench: the benchmark and reproduction suite of hvadam."""

@@ -1,0 +1,5 @@
+import sys
+
+from hvadam_bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,115 @@
+"""The optimizers every study compares, each from a maintained library, and their grids.
+
+Every optimizer is tuned on the same two axes: the learning rate, and one second
+hyperparameter: β2 for the adaptive methods (RMSprop's ``alpha`` is its β2), the momentum for
+SGD. Both grids have the same number of points, so every optimizer gets the same budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.optim import Optimizer
+
+from hvadam import HVAdam
+
+ParamGroups = list[dict]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    label: str
+    source: str  # the library it comes from
+    second: str  # what the second tuned hyperparameter is: "beta2" or "momentum"
+    build: Callable[[ParamGroups, float], Optimizer]  # (groups with "lr", second value)
+    hvadam_variant: str | None = None  # HVAdam and its ablations run through hvadam directly
+
+
+def _groups_with(groups: ParamGroups, **options) -> ParamGroups:
+    return [{**group, **options} for group in groups]
+
+
+def _pytorch_optimizer(name: str):
+    import pytorch_optimizer
+
+    return getattr(pytorch_optimizer, name)
+
+
+def _lookahead(groups: ParamGroups, beta2: float) -> Optimizer:
+    lookahead = _pytorch_optimizer("Lookahead")
+    return lookahead(torch.optim.Adam(groups, betas=(0.9, beta2)), k=5, alpha=0.5)
+
+
+def _hvadam(variant: str) -> Callable[[ParamGroups, float], Optimizer]:
+    def build(groups: ParamGroups, beta2: float) -> Optimizer:
+        return HVAdam(groups, betas=(0.9, beta2), variant=variant)
+
+    return build
+
+
+SPECS: dict[str, OptimizerSpec] = {
+    spec.name: spec
+    for spec in [
+        *(
+            OptimizerSpec(variant, label, "hvadam", "beta2", _hvadam(variant), variant)
+            for variant, label in (
+                ("hvadam", "HVAdam"),
+                ("hvadam2", "HVAdam² (no restart)"),
+                ("hvadam1", "HVAdam¹ (Adam moment)"),
+                ("hvadam0", "HVAdam⁰ (= Adam)"),
+            )
+        ),
+        OptimizerSpec(
+            "sgd", "SGD (momentum)", "torch.optim", "momentum",
+            lambda groups, momentum: torch.optim.SGD(groups, lr=1e-3, momentum=momentum),
+        ),
+        OptimizerSpec(
+            "adam", "Adam", "torch.optim", "beta2",
+            lambda groups, beta2: torch.optim.Adam(groups, betas=(0.9, beta2)),
+        ),
+        OptimizerSpec(
+            "adamw", "AdamW (wd 0.01)", "torch.optim", "beta2",
+            lambda groups, beta2: torch.optim.AdamW(groups, betas=(0.9, beta2), weight_decay=1e-2),
+        ),
+        OptimizerSpec(
+            "adabelief", "AdaBelief", "pytorch_optimizer", "beta2",
+            lambda groups, beta2: _pytorch_optimizer("AdaBelief")(groups, betas=(0.9, beta2)),
+        ),
+        OptimizerSpec(
+            "radam", "RAdam", "torch.optim", "beta2",
+            lambda groups, beta2: torch.optim.RAdam(groups, betas=(0.9, beta2)),
+        ),
+        OptimizerSpec(
+            "yogi", "Yogi", "pytorch_optimizer", "beta2",
+            lambda groups, beta2: _pytorch_optimizer("Yogi")(groups, betas=(0.9, beta2)),
+        ),
+        OptimizerSpec(
+            "adabound", "AdaBound", "pytorch_optimizer", "beta2",
+            lambda groups, beta2: _pytorch_optimizer("AdaBound")(groups, betas=(0.9, beta2)),
+        ),
+        OptimizerSpec(
+            "rmsprop", "RMSprop", "torch.optim", "beta2",
+            lambda groups, alpha: torch.optim.RMSprop(groups, alpha=alpha),
+        ),
+        OptimizerSpec("lookahead", "Lookahead (Adam)", "pytorch_optimizer", "beta2", _lookahead),
+    ]
+}  # fmt: skip
+
+PAPER_SET = ("sgd", "adam", "adabelief", "hvadam")  # the optimizers of the paper's Figures 1-2
+
+
+def spec(name: str) -> OptimizerSpec:
+    """The registered optimizer called ``name``; ``ValueError`` listing the known ones if none."""
+    if name not in SPECS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+def second_grid(spec: OptimizerSpec, beta2_grid: tuple, momentum_grid: tuple) -> tuple:
+    grid = momentum_grid if spec.second == "momentum" else beta2_grid
+    if len(beta2_grid) != len(momentum_grid):
+        raise ValueError("the beta2 and momentum grids must have the same number of points")
+    return grid

@@ -1,0 +1,106 @@
+"""What every study shares: the tuning protocol, atomic result files, progress, and the one
+error type the command line turns into a one-line message."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class BenchError(Exception):
+    """A problem with the user's input or environment: reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The tuning grid every optimizer gets: learning rates, and the values of its second
+    hyperparameter (β2 for adaptive methods, momentum for SGD; both lists equally long)."""
+
+    lrs: tuple[float, ...]
+    beta2s: tuple[float, ...]
+    momenta: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.lrs or not self.beta2s or not self.momenta:
+            raise BenchError("the tuning grid is empty: give at least one lr and one beta2")
+        if len(self.beta2s) != len(self.momenta):
+            raise BenchError("the beta2 and momentum grids must have as many points")
+        if any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
+            raise BenchError(f"learning rates must be positive and finite, got {self.lrs}")
+        if any(not 0 <= b < 1 for b in (*self.beta2s, *self.momenta)):
+            raise BenchError("beta2 and momentum values must lie in [0, 1)")
+
+    def configs(self, second_kind: str) -> list[tuple[float, float]]:
+        """Every (lr, second) pair for an optimizer whose second hyperparameter is
+        ``second_kind`` ("beta2" or "momentum")."""
+        seconds = self.momenta if second_kind == "momentum" else self.beta2s
+        return [(lr, second) for lr in self.lrs for second in seconds]
+
+
+def log_spaced(low: float, high: float, per_decade: int) -> tuple[float, ...]:
+    """``low`` to ``high`` inclusive, ``per_decade`` points per factor of ten."""
+    count = round(math.log10(high / low) * per_decade) + 1
+    return tuple(float(f"{low * 10 ** (i / per_decade):.3g}") for i in range(count))
+
+
+def best_index(scores: Sequence[float]) -> int:
+    """The index of the lowest finite score (ties: the first); the first index if none is."""
+    finite = [(s, i) for i, s in enumerate(scores) if math.isfinite(s)]
+    return min(finite)[1] if finite else 0
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or inf: diverged numbers are written as null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def prepare_output(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` if needed and check it is writable, or raise :class:`BenchError`."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise BenchError(f"cannot write to --out {str(path)!r}: {error.strerror}") from None
+    return path
+
+
+def progress(iterable: Iterable, total: int, description: str, enabled: bool = True):
+    """A tqdm progress bar on stderr (or the bare iterable when disabled)."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, unit="run", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""One module per study; each exposes ``add_arguments(parser)`` and ``main(args)``."""
