@@ -447,6 +447,17 @@ def _verdict(functions: dict) -> list[str]:
         f"- Tied: {listing(ties)}.",
         f"- Slower: {listing(losses)}.",
     ]
+    variant_wins = [
+        f"`{name}` ({SPECS[entry['winner']].label})"
+        for name, entry in functions.items()
+        if entry["winner"].startswith("hvadam") and entry["winner"] != "hvadam"
+    ]
+    if variant_wins:
+        lines.append(
+            "- An ablation of HVAdam (paper Table 5) is the overall winner on: "
+            + ", ".join(variant_wins)
+            + "."
+        )
     lines += [
         "",
         "Numbers in parentheses: HVAdam's score minus the best baseline's (negative: HVAdam "
