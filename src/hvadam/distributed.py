@@ -35,6 +35,8 @@ def is_active() -> bool:
 
 
 def _is_dtensor(tensor: Tensor) -> bool:
+    # Imported on use, not by `import hvadam`: callers run only once a process group exists
+    # (is_active()), and the import takes ~0.3 s.
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)

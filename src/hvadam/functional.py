@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 from hvadam import _multi_tensor, _single_tensor
 from hvadam._common import GroupOptions, Prepared, Segment, add_share, compute_dtype
 from hvadam._validation import VARIANTS, HiddenStepSize
+from hvadam.distributed import is_active, local_segment, scope_reduction_keys
 from hvadam.scope import Decision, ReductionKey, ScopeState, decide, reduce_partial_sums
 
 __all__ = [
@@ -170,13 +171,16 @@ def hvadam(
     restart_threshold: float = 0.1,
     hidden_step_size: HiddenStepSize = (6.0, -3.0),
     foreach: bool | None = None,
+    scope_group: Any = None,
 ) -> None:
     """One HVAdam step over ``params``, which form a single scope (one hidden vector).
 
     The lists are aligned, one entry per parameter that has a gradient; the state tensors and
     ``scope_state`` (:meth:`ScopeState.zeros`) are updated in place. Hyperparameters mean what
     they mean for :class:`hvadam.HVAdam`; nothing is validated here, so the call stays free of
-    host reads and compiles with ``fullgraph=True``.
+    host reads and compiles with ``fullgraph=True``. DTensors are stepped on their local
+    shards and reduced over the mesh dimensions that shard them; ``scope_group`` is the group
+    over which plain tensors are partitioned (every rank of it must call, even with empty lists).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {variant!r}")
@@ -206,8 +210,13 @@ def hvadam(
         reduction_keys=[()] * len(params),
         options=options,
     )
+    reduction_keys = []
+    if is_active():
+        segment = local_segment(segment, scope_group)
+        if flags.hidden_step:
+            reduction_keys = scope_reduction_keys(params, scope_group)
     if foreach is None:
-        implementation = default_implementation(params)
+        implementation = default_implementation(segment.params)
     else:
         implementation = "foreach" if foreach else "single"
     step_scope(
@@ -220,4 +229,5 @@ def hvadam(
             restart_threshold=restart_threshold,
             hidden_step_size=hidden_step_size,
         ),
+        reduction_keys,
     )

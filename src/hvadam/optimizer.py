@@ -180,6 +180,16 @@ class HVAdam(Optimizer):
                     )
 
     @torch._disable_dynamo
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state dict, without any ``scope_group`` entry that a wrapper copied
+        into the param groups (``ZeroRedundancyOptimizer`` forwards every keyword there): a
+        process group cannot be pickled."""
+        state_dict = super().state_dict()
+        for group in state_dict["param_groups"]:
+            group.pop("scope_group", None)
+        return state_dict
+
+    @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict, keeping each state tensor in HVAdam's dtype and on the param's
         device (``Optimizer`` would cast all of them to the param's dtype, losing the float32
