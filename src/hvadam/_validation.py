@@ -85,6 +85,11 @@ def validate_options(group: Mapping[str, Any]) -> None:
         not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point
     ):
         raise ValueError(f"state_dtype: expected None or a floating dtype, got {state_dtype!r}")
+    if state_dtype == torch.float16:
+        raise ValueError(
+            "state_dtype: float16 cannot hold the second moment's range (η·p reaches 1e30 "
+            "and beyond); use torch.bfloat16"
+        )
     for name in ("decoupled_weight_decay", "fixed_decay", "amsgrad", "maximize"):
         if not isinstance(group[name], bool):
             raise ValueError(f"{name}: expected a bool, got {group[name]!r}")

@@ -10,8 +10,9 @@ A step over one scope is three pieces, each replaceable on its own:
 * the path's second pass (``apply``): the second moment, the adaptive step
   ``θ ← θ - lr·m̂/(√ŝ + ε)``, and the hidden step ``v ← lerp(v, m̂, w)``, ``θ ← θ - α2·b_t·v``.
 
-Paths: ``"single"`` (one tensor at a time, the readable reference) and ``"foreach"``
-(``torch._foreach_*`` over buckets of tensors with one device and dtype).
+Paths: ``"single"`` (one tensor at a time, the readable reference), ``"foreach"``
+(``torch._foreach_*`` over buckets of tensors with one device and dtype) and ``"fused"`` (two
+passes compiled by Inductor: one reduction, one update).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 
-from hvadam import _multi_tensor, _single_tensor
+from hvadam import _fused, _multi_tensor, _single_tensor
 from hvadam._common import GroupOptions, Prepared, Segment, add_share, compute_dtype
+from hvadam._rounding import STREAMS, store
 from hvadam._validation import VARIANTS, HiddenStepSize
 from hvadam.distributed import is_active, local_segment, scope_reduction_keys
 from hvadam.scope import Decision, ReductionKey, ScopeState, decide, reduce_partial_sums
@@ -40,7 +42,11 @@ __all__ = [
     "step_scope",
 ]
 
-IMPLEMENTATIONS: dict[str, ModuleType] = {"single": _single_tensor, "foreach": _multi_tensor}
+IMPLEMENTATIONS: dict[str, ModuleType] = {
+    "single": _single_tensor,
+    "foreach": _multi_tensor,
+    "fused": _fused,
+}
 
 
 class ScopeOptions(NamedTuple):
@@ -51,6 +57,15 @@ class ScopeOptions(NamedTuple):
     restart: bool
     restart_threshold: float
     hidden_step_size: HiddenStepSize
+
+
+def implementation_for(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) -> str:
+    """The path that the ``foreach`` and ``fused`` flags ask for (``None``: the default)."""
+    if fused:
+        return "fused"
+    if foreach is None:
+        return default_implementation(params)
+    return "foreach" if foreach else "single"
 
 
 def default_implementation(params: Sequence[Tensor]) -> str:
@@ -69,34 +84,36 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
-def _in_compute_precision(segment: Segment) -> tuple[Segment, list[tuple[Tensor, Tensor]]]:
-    """The segment with complex tensors viewed as real pairs and every tensor in its compute
-    dtype (float32 at least, float64 when parameter or state is), plus the ``(original, copy)``
-    pairs to write back after the update."""
-    write_back: list[tuple[Tensor, Tensor]] = []
+class _WriteBack(NamedTuple):
+    original: Tensor
+    copy: Tensor
+    step: Tensor | None  # the tensor's step, for state (dithered into bf16); None for params
+    stream: int = 0
 
-    def convert(tensors: list[Tensor], dtypes: list[torch.dtype], writable: bool) -> list[Tensor]:
+
+def _in_compute_precision(segment: Segment, upcast: bool) -> tuple[Segment, list[_WriteBack]]:
+    """The segment with complex tensors viewed as real pairs and, with ``upcast``, every tensor
+    in its compute dtype (float32 at least, float64 when parameter or state is), plus what to
+    write back after the update."""
+    write_back: list[_WriteBack] = []
+    dtypes = [compute_dtype(p.dtype, m.dtype) for p, m in zip(segment.params, segment.exp_avgs)]
+
+    def convert(name: str) -> list[Tensor]:
         out = []
-        for tensor, dtype in zip(tensors, dtypes):
+        for i, tensor in enumerate(getattr(segment, name)):
             tensor = _real(tensor)
-            if tensor.dtype != dtype:
-                copy = tensor.to(dtype)
-                if writable:
-                    write_back.append((tensor, copy))
+            if upcast and tensor.dtype != dtypes[i]:
+                copy = tensor.to(dtypes[i])
+                if name == "params":
+                    write_back.append(_WriteBack(tensor, copy, None))
+                elif name != "grads":
+                    write_back.append(_WriteBack(tensor, copy, segment.steps[i], STREAMS[name]))
                 tensor = copy
             out.append(tensor)
         return out
 
-    dtypes = [compute_dtype(p.dtype, m.dtype) for p, m in zip(segment.params, segment.exp_avgs)]
-    converted = segment._replace(
-        params=convert(segment.params, dtypes, True),
-        grads=convert(segment.grads, dtypes, False),
-        exp_avgs=convert(segment.exp_avgs, dtypes, True),
-        second_moments=convert(segment.second_moments, dtypes, True),
-        hidden_vectors=convert(segment.hidden_vectors, dtypes, True),
-        max_second_moments=convert(segment.max_second_moments, dtypes, True),
-    )
-    return converted, write_back
+    names = ("params", "grads", *STREAMS)
+    return segment._replace(**{name: convert(name) for name in names}), write_back
 
 
 def step_scope(
@@ -112,11 +129,12 @@ def step_scope(
     (:func:`hvadam.distributed.scope_reduction_keys`); with any, ``segments`` may be empty: the
     rank then joins the reduction with zero shares and keeps its scope state in step.
     """
-    runs: list[tuple[ModuleType, Segment, Prepared, list[tuple[Tensor, Tensor]]]] = []
+    runs: list[tuple[ModuleType, Segment, Prepared, list[_WriteBack]]] = []
     shares: dict = {}
     for segment, implementation in segments:
         kernel = IMPLEMENTATIONS[implementation]
-        segment, write_back = _in_compute_precision(segment)
+        upcast = not getattr(kernel, "UPCASTS_INSIDE", False)
+        segment, write_back = _in_compute_precision(segment, upcast)
         prepared = kernel.prepare(segment)
         for (key, _device), share in prepared.shares.items():
             add_share(shares, key, share)
@@ -143,8 +161,9 @@ def step_scope(
 
     for kernel, segment, prepared, write_back in runs:
         kernel.apply(segment, prepared, decision)
-        for original, copy in write_back:
-            original.copy_(copy)
+        for back in write_back:
+            seed = None if back.step is None else back.step * 4 + back.stream
+            store(back.original, back.copy, seed)
 
 
 def hvadam(
@@ -171,6 +190,7 @@ def hvadam(
     restart_threshold: float = 0.1,
     hidden_step_size: HiddenStepSize = (6.0, -3.0),
     foreach: bool | None = None,
+    fused: bool | None = None,
     scope_group: Any = None,
 ) -> None:
     """One HVAdam step over ``params``, which form a single scope (one hidden vector).
@@ -215,10 +235,7 @@ def hvadam(
         segment = local_segment(segment, scope_group)
         if flags.hidden_step:
             reduction_keys = scope_reduction_keys(params, scope_group)
-    if foreach is None:
-        implementation = default_implementation(segment.params)
-    else:
-        implementation = "foreach" if foreach else "single"
+    implementation = implementation_for(segment.params, foreach, fused)
     step_scope(
         [(segment, implementation)],
         scope_state,

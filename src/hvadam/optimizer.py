@@ -19,7 +19,7 @@ from hvadam._validation import (
     validate_options,
 )
 from hvadam.diagnostics import ScopeDiagnostics, read_diagnostics
-from hvadam.functional import ScopeOptions, default_implementation, step_scope
+from hvadam.functional import ScopeOptions, implementation_for, step_scope
 from hvadam.scope import SCOPE_KEY_PREFIX, SCOPE_KEYS, ScopeState, reduce_partial_sums
 
 # Per-parameter state tensors with the shape of the parameter.
@@ -86,7 +86,8 @@ class HVAdam(Optimizer):
         state_dtype: dtype of ``m``, ``s``, ``v``; ``None`` keeps float32 for bf16/fp16
             parameters and the parameter's dtype otherwise. The math runs in float32 or wider.
         foreach: use the multi-tensor path; ``None`` picks the faster one for the device.
-        fused: reserved for the compiled path (not yet available).
+        fused: use the compiled path (two passes over memory; compiles on first use, see the
+            README's "Speed").
         maximize: maximize the objective instead of minimizing.
         scope_group: the ``torch.distributed`` process group over which the optimizer's plain
             (non-DTensor) parameters are partitioned, as ``ZeroRedundancyOptimizer`` does: their
@@ -289,11 +290,7 @@ class HVAdam(Optimizer):
         return scopes
 
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
-        if group["fused"]:
-            raise NotImplementedError("fused: the fused path is not available yet")
-        if group["foreach"] is None:
-            return default_implementation(params)
-        return "foreach" if group["foreach"] else "single"
+        return implementation_for(params, group["foreach"], group["fused"])
 
     def _segment(self, group: dict[str, Any], params: list[Tensor]) -> Segment | None:
         variant = VARIANTS[group["variant"]]

@@ -30,24 +30,25 @@ def _numbers(text: str) -> tuple[float, ...]:
         ) from None
 
 
-def _valley_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser, study: str, quick_help: str) -> None:
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument(
         "--quick",
         dest="preset",
         action="store_const",
         const="quick",
-        help="small grid and functions, under 2 minutes on 2 cores (default)",
+        help=f"{quick_help} (default)",
     )
     preset.add_argument(
-        "--full",
-        dest="preset",
-        action="store_const",
-        const="full",
-        help="every function, a finer grid, 1000 steps (under 20 minutes)",
+        "--full", dest="preset", action="store_const", const="full", help="the complete study"
     )
     parser.set_defaults(preset="quick")
-    parser.add_argument("--out", default="results/valley", help="output directory")
+    parser.add_argument("--out", default=f"results/{study}", help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _valley_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "valley", "small grid and function set, under 2 minutes on 2 cores")
     parser.add_argument("--functions", type=_names, help="comma-separated function names")
     parser.add_argument("--optimizers", type=_names, help="comma-separated optimizer names")
     parser.add_argument("--lrs", type=_numbers, help="learning-rate grid, comma-separated")
@@ -57,8 +58,35 @@ def _valley_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-starts", type=int, help="starting points used for tuning")
     parser.add_argument("--eval-starts", type=int, help="held-out starting points")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list", action="store_true", help="list functions and optimizers")
+
+
+def _speed_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser, "speed", "1M and 10M parameters")
+    parser.add_argument("--sizes", type=_numbers, help="parameter counts, comma-separated")
+    parser.add_argument("--optimizers", type=_names, help="comma-separated optimizer names")
+    parser.add_argument("--tensors", type=int, help="tensors per model (default 100)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from hvadam_bench.studies import speed
+
+    config = speed.SpeedConfig.preset_named(args.preset)
+    if args.sizes is not None:
+        config.sizes = [int(size) for size in args.sizes]
+    for name in ("optimizers", "tensors", "rounds", "device"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.validate()
+    out = prepare_output(args.out)
+    results = speed.run(config, out, show_progress=not args.no_progress)
+    print(f"wrote {out / 'speed.json'}, {out / 'report.md'} and {out / 'speed.png'}")
+    for size, entries in results["sizes"].items():
+        cells = ", ".join(f"{name} {e['median_ms']:.1f}" for name, e in entries.items())
+        print(f"  {int(size):>11,d} params (ms/step): {cells}")
+    return 0
 
 
 def _valley(args: argparse.Namespace) -> int:
@@ -94,6 +122,7 @@ def _valley(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "valley": (_valley_arguments, _valley, "the valley-dilemma study (paper Figures 1-3, Table 1)"),
+    "speed": (_speed_arguments, _speed, "ms per step and memory against Adam, AdamW, AdaBelief"),
 }
 
 

@@ -147,3 +147,32 @@ def hvadam_dynamics(dynamics: Mapping[str, Mapping[str, list]], path: Path) -> N
         bottom.set_title("b_t applied (gaps: no hidden step)")
         bottom.grid(alpha=0.3)
     save(figure, path)
+
+
+def speed_curves(results: Mapping, path: Path) -> None:
+    """ms per step against parameter count, log-log, with HVAdam's bandwidth floor."""
+    sizes = sorted(int(s) for s in results["sizes"])
+    names = list(next(iter(results["sizes"].values())))
+    figure, axes = plt.subplots(figsize=(7.5, 5))
+    for name in names:
+        times = [results["sizes"][str(s)][name]["median_ms"] for s in sizes]
+        family = name.split("_")[0]
+        axes.plot(
+            sizes, times, marker="o",
+            linestyle="-" if family == "hvadam" else "--",
+            linewidth=2.2 if family == "hvadam" else 1.2, label=name,
+        )  # fmt: skip
+    floor = (
+        [results["sizes"][str(s)][names[0]]["floor_ms"] for s in sizes]
+        if names[0].startswith("hvadam")
+        else None
+    )
+    if floor:
+        axes.plot(sizes, floor, color="black", linestyle=":", label="HVAdam bandwidth floor")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("parameters")
+    axes.set_ylabel("ms per step (median)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7, ncol=2)
+    save(figure, path)

@@ -30,6 +30,7 @@ def params():
         ({"hidden_step_size": (6.0,)}, "hidden_step_size"),
         ({"hidden_step_size": (6.0, float("inf"))}, "hidden_step_size"),
         ({"state_dtype": torch.int32}, "state_dtype"),
+        ({"state_dtype": torch.float16}, "state_dtype"),
         ({"fixed_decay": True}, "fixed_decay"),
         ({"foreach": True, "fused": True}, "fused"),
         ({"amsgrad": "yes"}, "amsgrad"),
@@ -94,11 +95,3 @@ def test_unsupported_parameter_dtypes_are_refused(tensor, message):
 def test_state_dtype_with_complex_params_is_refused():
     with pytest.raises(ValueError, match="^state_dtype"):
         HVAdam([torch.zeros(3, dtype=torch.complex64)], state_dtype=torch.bfloat16)
-
-
-def test_fused_is_refused_until_available():
-    p = nn.Parameter(torch.randn(3))
-    opt = HVAdam([p], fused=True)
-    p.grad = torch.randn(3)
-    with pytest.raises(NotImplementedError, match="fused"):
-        opt.step()

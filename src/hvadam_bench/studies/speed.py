@@ -1,0 +1,260 @@
+"""The speed study: ms per step and memory of every HVAdam path against torch's Adam and AdamW
+(loop, foreach, fused) and adabelief-pytorch, interleaved in one run.
+
+Timing: for each model size, every optimizer is warmed up (the fused paths compile here; the
+cold compile time is reported), then rounds of timed steps run optimizer after optimizer, so
+that drifts of a shared machine hit all of them alike; medians are reported. The bandwidth floor
+of a step is the bytes it must move (12 floats per parameter for HVAdam's two passes, 7 for
+Adam) over the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import hvadam
+from hvadam import HVAdam
+from hvadam_bench import plots
+from hvadam_bench.report import fmt, table
+from hvadam_bench.runner import BenchError, atomic_write_json, atomic_write_text, progress
+
+FLOATS_PER_PARAM = {"hvadam": 12, "adam": 7}  # floats a step must read and write
+
+
+def _adabelief(params):
+    from adabelief_pytorch import AdaBelief
+
+    return AdaBelief(params, lr=1e-3, eps=1e-16, print_change_log=False)
+
+
+OPTIMIZERS: dict[str, tuple[str, Callable]] = {
+    "hvadam_single": ("hvadam", lambda p: HVAdam(p, foreach=False)),
+    "hvadam_foreach": ("hvadam", lambda p: HVAdam(p, foreach=True)),
+    "hvadam_fused": ("hvadam", lambda p: HVAdam(p, fused=True)),
+    "hvadam_fused_bf16_state": (
+        "hvadam",
+        lambda p: HVAdam(p, fused=True, state_dtype=torch.bfloat16),
+    ),
+    "adam_loop": ("adam", lambda p: torch.optim.Adam(p, foreach=False)),
+    "adam_foreach": ("adam", lambda p: torch.optim.Adam(p, foreach=True)),
+    "adam_fused": ("adam", lambda p: torch.optim.Adam(p, fused=True)),
+    "adamw_loop": ("adam", lambda p: torch.optim.AdamW(p, foreach=False)),
+    "adamw_foreach": ("adam", lambda p: torch.optim.AdamW(p, foreach=True)),
+    "adamw_fused": ("adam", lambda p: torch.optim.AdamW(p, fused=True)),
+    "adabelief_pytorch": ("adam", _adabelief),
+}
+
+
+@dataclass
+class SpeedConfig:
+    sizes: list[int]
+    optimizers: list[str]
+    tensors: int = 100
+    rounds: int = 5
+    steps_per_round: int = 3
+    device: str = "cpu"
+    preset: str = "custom"
+
+    @classmethod
+    def preset_named(cls, name: str) -> SpeedConfig:
+        sizes = [1_000_000, 10_000_000] if name == "quick" else [1_000_000, 10_000_000, 50_000_000]
+        return cls(sizes=sizes, optimizers=list(OPTIMIZERS), preset=name)
+
+    def validate(self) -> None:
+        unknown = [name for name in self.optimizers if name not in OPTIMIZERS]
+        if unknown:
+            raise BenchError(f"unknown optimizer {unknown[0]!r}; known: {', '.join(OPTIMIZERS)}")
+        if not self.sizes or min(self.sizes) < self.tensors:
+            raise BenchError(f"sizes must be at least the number of tensors ({self.tensors})")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BenchError("--device cuda: no CUDA device is available")
+
+
+def _model(size: int, tensors: int, device: str) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    per = size // tensors
+    params = []
+    for _ in range(tensors):
+        param = torch.randn(per, generator=generator).to(device).requires_grad_()
+        param.grad = torch.randn(per, generator=generator).to(device)
+        params.append(param)
+    return params
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_rss_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the VmHWM high-water mark
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _peak_step_bytes(optimizer, device: str) -> int | None:
+    """Memory a step needs beyond what is already allocated (temporaries)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        optimizer.step()
+        _sync(device)
+        return torch.cuda.max_memory_allocated() - before
+    gc.collect()
+    if not _peak_rss_reset():
+        return None
+    before = _rss_kib("VmRSS")
+    optimizer.step()
+    return max(0, _rss_kib("VmHWM") - before) * 1024
+
+
+def _state_bytes(optimizer) -> int:
+    state = getattr(optimizer, "state", {})
+    return sum(
+        value.numel() * value.element_size()
+        for per_param in state.values()
+        for value in per_param.values()
+        if torch.is_tensor(value)
+    )
+
+
+def copy_bandwidth(device: str, numel: int = 25_000_000) -> float:
+    """Bytes per second of a large tensor copy (read + write), median of 7."""
+    source = torch.randn(numel, device=device)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(7):
+        _sync(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * numel * 4 / statistics.median(times)
+
+
+def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
+    config.validate()
+    bandwidth = copy_bandwidth(config.device)
+    results = {
+        "meta": {
+            **asdict(config),
+            "copy_bandwidth_GBps": bandwidth / 1e9,
+            "threads": torch.get_num_threads(),
+            "versions": {"hvadam": hvadam.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "machine": platform.processor() or platform.machine(),
+        },
+        "sizes": {},
+    }  # fmt: skip
+    tasks = [(size, name) for size in config.sizes for name in config.optimizers]
+    bar = progress(range(len(tasks)), len(tasks), "speed warm-up", show_progress)
+    bar_iter = iter(bar)
+    for size in config.sizes:
+        entries: dict = {}
+        optimizers = {}
+        for name in config.optimizers:
+            next(bar_iter, None)
+            params = _model(size, config.tensors, config.device)
+            optimizer = OPTIMIZERS[name][1](params)
+            start = time.perf_counter()
+            optimizer.step()  # state creation, and compilation for the fused paths
+            _sync(config.device)
+            first = time.perf_counter() - start
+            optimizer.step()
+            entries[name] = {
+                "first_step_s": first,
+                "state_bytes_per_param": _state_bytes(optimizer) / size,
+                "peak_step_extra_bytes": _peak_step_bytes(optimizer, config.device),
+                "times_ms": [],
+            }
+            optimizers[name] = optimizer
+        for _ in range(config.rounds):
+            for name, optimizer in optimizers.items():
+                for _ in range(config.steps_per_round):
+                    _sync(config.device)
+                    start = time.perf_counter()
+                    optimizer.step()
+                    _sync(config.device)
+                    entries[name]["times_ms"].append((time.perf_counter() - start) * 1e3)
+        for name, entry in entries.items():
+            entry["median_ms"] = statistics.median(entry["times_ms"])
+            floor_s = FLOATS_PER_PARAM[OPTIMIZERS[name][0]] * 4 * size / bandwidth
+            entry["floor_ms"] = floor_s * 1e3
+            entry["ratio_to_floor"] = entry["median_ms"] / entry["floor_ms"]
+        for entry in entries.values():
+            for base in ("adam_fused", "adam_loop"):
+                if base in entries:
+                    entry[f"ratio_to_{base}"] = entry["median_ms"] / entries[base]["median_ms"]
+        results["sizes"][str(size)] = entries
+        del optimizers
+        gc.collect()
+    atomic_write_json(out / "speed.json", results)
+    plots.speed_curves(results, out / "speed.png")
+    atomic_write_text(out / "report.md", render_report(results))
+    return results
+
+
+def render_report(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        "# The speed study",
+        "",
+        f"Generated by `hvadam-bench speed` (preset `{meta['preset']}`) on {meta['device']} "
+        f"({meta['machine']}, {meta['threads']} threads), torch {meta['versions']['torch']}: "
+        f"{meta['tensors']} fp32 tensors per model, median of {meta['rounds']} interleaved "
+        f"rounds of {meta['steps_per_round']} steps. Copy bandwidth measured in the same run: "
+        f"{meta['copy_bandwidth_GBps']:.1f} GB/s. Do not edit by hand: rerun the command.",
+        "",
+        "Floor: the bytes a step must move (HVAdam's two passes: 12 floats per parameter; Adam: "
+        "7) over that bandwidth.",
+        "",
+    ]
+    for size, entries in results["sizes"].items():
+        lines += [f"## {int(size) / 1e6:g}M parameters", ""]
+        rows = []
+        for name, e in entries.items():
+            peak = e["peak_step_extra_bytes"]
+            rows.append(
+                [
+                    name, fmt(e["median_ms"]), fmt(e.get("ratio_to_adam_fused")),
+                    fmt(e.get("ratio_to_adam_loop")), fmt(e["ratio_to_floor"]),
+                    fmt(e["state_bytes_per_param"]),
+                    fmt(None if peak is None else peak / int(size)),
+                    fmt(e["first_step_s"]),
+                ]
+            )  # fmt: skip
+        lines.append(
+            table(
+                [
+                    "optimizer",
+                    "ms/step",
+                    "× Adam fused",
+                    "× Adam loop",
+                    "× floor",
+                    "state bytes/param",
+                    "peak extra bytes/param",
+                    "first step s",
+                ],
+                rows,
+            )  # fmt: skip
+        )
+        lines.append("")
+    lines += ["![ms per step](speed.png)", ""]
+    return "\n".join(lines)
