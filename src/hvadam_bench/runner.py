@@ -3,6 +3,7 @@ error type the command line turns into a one-line message."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -104,3 +105,33 @@ def progress(iterable: Iterable, total: int, description: str, enabled: bool = T
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=description, unit="run", dynamic_ncols=True)
+
+
+def names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def common_arguments(parser: argparse.ArgumentParser, study: str, quick_help: str) -> None:
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument(
+        "--quick",
+        dest="preset",
+        action="store_const",
+        const="quick",
+        help=f"{quick_help} (default)",
+    )
+    preset.add_argument(
+        "--full", dest="preset", action="store_const", const="full", help="the complete study"
+    )
+    parser.set_defaults(preset="quick")
+    parser.add_argument("--out", default=f"results/{study}", help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,6 +10,7 @@ Adam) over the copy bandwidth measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import platform
 import statistics
@@ -24,7 +25,16 @@ import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.report import fmt, table
-from hvadam_bench.runner import BenchError, atomic_write_json, atomic_write_text, progress
+from hvadam_bench.runner import (
+    BenchError,
+    atomic_write_json,
+    atomic_write_text,
+    common_arguments,
+    names,
+    numbers,
+    prepare_output,
+    progress,
+)
 
 FLOATS_PER_PARAM = {"hvadam": 12, "adam": 7}  # floats a step must read and write
 
@@ -258,3 +268,32 @@ def render_report(results: dict) -> str:
         lines.append("")
     lines += ["![ms per step](speed.png)", ""]
     return "\n".join(lines)
+
+
+HELP = "ms per step and memory against Adam, AdamW and AdaBelief"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "speed", "1M and 10M parameters")
+    parser.add_argument("--sizes", type=numbers, help="parameter counts, comma-separated")
+    parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
+    parser.add_argument("--tensors", type=int, help="tensors per model (default 100)")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def main(args: argparse.Namespace) -> int:
+    config = SpeedConfig.preset_named(args.preset)
+    if args.sizes is not None:
+        config.sizes = [int(size) for size in args.sizes]
+    for name in ("optimizers", "tensors", "rounds", "device"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    config.validate()
+    out = prepare_output(args.out)
+    results = run(config, out, show_progress=not args.no_progress)
+    print(f"wrote {out / 'speed.json'}, {out / 'report.md'} and {out / 'speed.png'}")
+    for size, entries in results["sizes"].items():
+        cells = ", ".join(f"{name} {e['median_ms']:.1f}" for name, e in entries.items())
+        print(f"  {int(size):>11,d} params (ms/step): {cells}")
+    return 0

@@ -9,6 +9,7 @@ separate, held-out *evaluation* starts, which alone feed the tables. The relativ
 
 from __future__ import annotations
 
+import argparse
 import math
 import platform
 import zlib
@@ -21,7 +22,7 @@ import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.batched import run_batch
-from hvadam_bench.landscapes import DTYPE, FULL, QUICK, landscape
+from hvadam_bench.landscapes import DTYPE, FULL, QUICK, all_names, landscape
 from hvadam_bench.optimizers import PAPER_SET, SPECS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
@@ -30,8 +31,12 @@ from hvadam_bench.runner import (
     atomic_write_json,
     atomic_write_text,
     best_index,
+    common_arguments,
     finite_or_none,
     log_spaced,
+    names,
+    numbers,
+    prepare_output,
     progress,
 )
 
@@ -466,3 +471,47 @@ def _verdict(functions: dict) -> list[str]:
         "methods without a warm-up; the β2 sweep lets HVAdam shorten it, as it does for all.",
     ]
     return lines
+
+
+HELP = "the valley-dilemma study (paper Figures 1-3, Table 1)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common_arguments(parser, "valley", "small grid and function set, under 2 minutes on 2 cores")
+    parser.add_argument("--functions", type=names, help="comma-separated function names")
+    parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
+    parser.add_argument("--lrs", type=numbers, help="learning-rate grid, comma-separated")
+    parser.add_argument("--beta2s", type=numbers, help="β2 grid of the adaptive methods")
+    parser.add_argument("--momenta", type=numbers, help="momentum grid of SGD (as many as β2)")
+    parser.add_argument("--steps", type=int, help="steps per run")
+    parser.add_argument("--tune-starts", type=int, help="starting points used for tuning")
+    parser.add_argument("--eval-starts", type=int, help="held-out starting points")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list", action="store_true", help="list functions and optimizers")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list:
+        print("functions: " + ", ".join(all_names()))
+        print("optimizers: " + ", ".join(f"{n} ({s.source})" for n, s in SPECS.items()))
+        return 0
+    config = ValleyConfig.preset_named(args.preset)
+    for name in ("functions", "optimizers", "steps", "tune_starts", "eval_starts", "seed"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    if args.lrs is not None or args.beta2s is not None or args.momenta is not None:
+        beta2s = args.beta2s if args.beta2s is not None else config.grid.beta2s
+        momenta = args.momenta if args.momenta is not None else config.grid.momenta[: len(beta2s)]
+        config.grid = Grid(
+            lrs=args.lrs if args.lrs is not None else config.grid.lrs,
+            beta2s=beta2s,
+            momenta=momenta,
+        )
+    config.validate()
+    out = prepare_output(args.out)
+    results = run(config, out, show_progress=not args.no_progress)
+    winners = {name: entry["winner"] for name, entry in results["functions"].items()}
+    print(f"wrote {out / 'valley.json'}, {out / 'report.md'} and figures")
+    for name, winner in winners.items():
+        print(f"  {name:<18} fastest: {winner}")
+    return 0
