@@ -107,6 +107,25 @@ def progress(iterable: Iterable, total: int, description: str, enabled: bool = T
     return tqdm(iterable, total=total, desc=description, unit="run", dynamic_ncols=True)
 
 
+class Counter:
+    """A progress bar advanced by hand (``tick()``), for loops that are not one iterable."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=description, unit="run", dynamic_ncols=True)
+
+    def tick(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 

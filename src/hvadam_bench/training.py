@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from hvadam_bench.optimizers import SPECS
-from hvadam_bench.runner import atomic_write_json, finite_or_none, progress
+from hvadam_bench.runner import Counter, atomic_write_json, finite_or_none
 
 DEFAULT_BETA2, DEFAULT_MOMENTUM = 0.999, 0.9
 
@@ -196,8 +196,7 @@ def run_protocol(
     final validation and test scores, the number of diverged runs and the mean curve."""
     plan = [(task, name) for task in tasks for name in optimizers]
     total = len(plan) * (len(lrs) + len(final_seeds))
-    bar = progress(range(total), total, suite, show_progress)
-    ticks = iter(bar)
+    counter = Counter(total, suite, show_progress)
     summary: dict = {}
     for task, name in plan:
         grid = []
@@ -206,7 +205,7 @@ def run_protocol(
             grid.append(
                 {"lr": lr, "valid": result.get("valid"), "diverged": bool(result.get("diverged"))}
             )
-            next(ticks, None)
+            counter.tick()
         scores = [_score(g, "valid", higher_is_better) for g in grid]
         best = min(range(len(lrs)), key=lambda i: (scores[i], i))
         chosen = lrs[best]
@@ -215,7 +214,7 @@ def run_protocol(
             finals.append(
                 run_trial(Trial(suite, task, name, chosen, seed, "final"), trial_fn, store)
             )
-            next(ticks, None)
+            counter.tick()
         valid_mean, valid_std = _mean_std([r.get("valid") for r in finals if not r.get("diverged")])
         test_mean, test_std = _mean_std([r.get("test") for r in finals if not r.get("diverged")])
         curves = [r["curve"] for r in finals if r.get("curve") and not r.get("diverged")]
@@ -232,6 +231,7 @@ def run_protocol(
             "curve": [statistics.fmean(values) for values in zip(*curves)] if curves else None,
             "extra": {k: [r.get(k) for r in finals] for k in finals[0] if k.startswith("metric_")},
         }
+    counter.close()
     return summary
 
 

@@ -27,13 +27,13 @@ from hvadam_bench import plots
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
+    Counter,
     atomic_write_json,
     atomic_write_text,
     common_arguments,
     names,
     numbers,
     prepare_output,
-    progress,
 )
 
 FLOATS_PER_PARAM = {"hvadam": 12, "adam": 7}  # floats a step must read and write
@@ -174,13 +174,12 @@ def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
         "sizes": {},
     }  # fmt: skip
     tasks = [(size, name) for size in config.sizes for name in config.optimizers]
-    bar = progress(range(len(tasks)), len(tasks), "speed warm-up", show_progress)
-    bar_iter = iter(bar)
+    counter = Counter(len(tasks), "speed warm-up", show_progress)
     for size in config.sizes:
         entries: dict = {}
         optimizers = {}
         for name in config.optimizers:
-            next(bar_iter, None)
+            counter.tick()
             params = _model(size, config.tensors, config.device)
             optimizer = OPTIMIZERS[name][1](params)
             start = time.perf_counter()
@@ -215,6 +214,7 @@ def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
         results["sizes"][str(size)] = entries
         del optimizers
         gc.collect()
+    counter.close()
     atomic_write_json(out / "speed.json", results)
     plots.speed_curves(results, out / "speed.png")
     atomic_write_text(out / "report.md", render_report(results))
