@@ -41,10 +41,19 @@ class BatchResult:
 class VmappedHVAdam:
     """Independent HVAdam runs, one per row of ``rows``: the functional step vmapped over rows."""
 
-    def __init__(self, rows: Tensor, lrs: Tensor, beta2: float, variant: str):
+    def __init__(
+        self,
+        rows: Tensor,
+        lrs: Tensor,
+        beta2: float,
+        variant: str,
+        state_dtype: torch.dtype | None = None,
+    ):
         runs, dim = rows.shape
         self.x = rows.clone()
-        self.exp_avg, self.second_moment, self.hidden = (torch.zeros_like(rows) for _ in "msv")
+        self.exp_avg, self.second_moment, self.hidden = (
+            torch.zeros_like(rows, dtype=state_dtype) for _ in "msv"
+        )
         self.steps = torch.zeros(runs)
         fresh = ScopeState.zeros(dtype=rows.dtype)
         self.scope = ScopeState(*(scalar.expand(runs, *scalar.shape).clone() for scalar in fresh))
@@ -103,7 +112,7 @@ def run_batch(
         if spec.hvadam_variant is not None:
             runner = VmappedHVAdam(
                 starts.repeat(len(indices), 1), lrs.repeat_interleave(n_starts), second,
-                spec.hvadam_variant,
+                spec.hvadam_variant, spec.state_dtype,
             )  # fmt: skip
             if record_hidden and hidden is None:
                 hidden = {
@@ -123,7 +132,8 @@ def run_batch(
                     for name in ("delta", "hidden_step_size", "restart_count"):
                         scalar = getattr(runner.scope, name).view(len(indices), n_starts)
                         hidden[name][t, indices] = scalar.to(DTYPE)
-                    hidden["vector"][t, indices] = runner.hidden.view(len(indices), n_starts, dim)
+                    vector = runner.hidden.view(len(indices), n_starts, dim)
+                    hidden["vector"][t, indices] = vector.to(DTYPE)
         else:
             leaves = [starts.clone().requires_grad_() for _ in indices]
             optimizer = spec.build(

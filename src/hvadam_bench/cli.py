@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
+from hvadam_bench.report import sections
 from hvadam_bench.runner import BenchError, atomic_write_text, prepare_output
 
 # Every study is a module of hvadam_bench.studies with HELP, add_arguments(parser), main(args).
@@ -43,7 +45,8 @@ def _available() -> list[str]:
 
 def _run_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     out = prepare_output(args.out)
-    ran = []
+    parts = []
+    began = time.perf_counter()
     for name in ALL:
         if name not in _available():
             continue
@@ -51,18 +54,28 @@ def _run_all(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             [name, "--out", str(out / name), *(["--no-progress"] if args.no_progress else [])]
         )
         print(f"== {name}", file=sys.stderr)
+        started = time.perf_counter()
         status = _study(name).main(study_args)
         if status:
             return status
-        ran.append(name)
+        parts.append((name, time.perf_counter() - started))
+    total = time.perf_counter() - began
     lines = [
         "# hvadam-bench all",
         "",
-        "Every suite's CPU default, run by `hvadam-bench all`. Reports:",
+        "Every suite's CPU default, run by `hvadam-bench all`; generated, do not edit by hand. "
+        f"Wall time: {total / 60:.1f} minutes in all "
+        f"({', '.join(f'{name} {seconds / 60:.1f}' for name, seconds in parts)}); suites "
+        "resumed from stored trials count only the time they took now.",
         "",
     ]
-    lines += [f"- [{name}]({name}/report.md): {_study(name).HELP}" for name in ran]
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    for name, _ in parts:
+        module = _study(name)
+        report = (out / name / "report.md").read_text(encoding="utf-8")
+        title = report.splitlines()[0].lstrip("# ")
+        lines += [f"# {title}", "", f"Full report: [{name}/report.md]({name}/report.md).", ""]
+        lines.append(sections(report, module.SUMMARY_SECTIONS, folder=name))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     print(f"wrote {out / 'report.md'}")
     return 0
 

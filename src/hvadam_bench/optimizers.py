@@ -26,6 +26,9 @@ class OptimizerSpec:
     second: str  # what the second tuned hyperparameter is: "beta2" or "momentum"
     build: Callable[[ParamGroups, float], Optimizer]  # (groups with "lr", second value)
     hvadam_variant: str | None = None  # HVAdam and its ablations run through hvadam directly
+    state_dtype: torch.dtype | None = None  # HVAdam's state_dtype (None: the default)
+    # In the comparison every study runs by default; the others are run by name (--optimizers).
+    default: bool = True
 
 
 def _groups_with(groups: ParamGroups, **options) -> ParamGroups:
@@ -43,9 +46,11 @@ def _lookahead(groups: ParamGroups, beta2: float) -> Optimizer:
     return lookahead(torch.optim.Adam(groups, betas=(0.9, beta2)), k=5, alpha=0.5)
 
 
-def _hvadam(variant: str) -> Callable[[ParamGroups, float], Optimizer]:
+def _hvadam(
+    variant: str, state_dtype: torch.dtype | None = None
+) -> Callable[[ParamGroups, float], Optimizer]:
     def build(groups: ParamGroups, beta2: float) -> Optimizer:
-        return HVAdam(groups, betas=(0.9, beta2), variant=variant)
+        return HVAdam(groups, betas=(0.9, beta2), variant=variant, state_dtype=state_dtype)
 
     return build
 
@@ -61,6 +66,12 @@ SPECS: dict[str, OptimizerSpec] = {
                 ("hvadam1", "HVAdam¹ (Adam moment)"),
                 ("hvadam0", "HVAdam⁰ (= Adam)"),
             )
+        ),
+        # The same HVAdam with m, s, v stored in bfloat16 (stochastic rounding): a study of
+        # state precision, not another optimizer, so it is not in the default comparison.
+        OptimizerSpec(
+            "hvadam-bf16", "HVAdam (bf16 state)", "hvadam", "beta2",
+            _hvadam("hvadam", torch.bfloat16), "hvadam", torch.bfloat16, default=False,
         ),
         OptimizerSpec(
             "sgd", "SGD (momentum)", "torch.optim", "momentum",
@@ -98,6 +109,7 @@ SPECS: dict[str, OptimizerSpec] = {
     ]
 }  # fmt: skip
 
+DEFAULT_OPTIMIZERS = tuple(name for name, spec in SPECS.items() if spec.default)
 PAPER_SET = ("sgd", "adam", "adabelief", "hvadam")  # the optimizers of the paper's Figures 1-2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 
@@ -24,3 +25,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], bold: set[int] 
         cells = [f"**{cell}**" if index in bold and cell else cell for cell in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def sections(markdown: str, titles: Sequence[str], folder: str = "") -> str:
+    """The ``## title`` sections of ``markdown`` named in ``titles``, in that order, each up to
+    the next ``## `` heading; relative links are rewritten to point into ``folder``."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            current = found.setdefault(title, []) if title in titles else None
+        if current is not None:
+            current.append(line)
+    text = "\n".join("\n".join(found[title]).rstrip() + "\n" for title in titles if title in found)
+    if folder:
+        text = re.sub(r"\]\((?![a-z]+://|/|#)", f"]({folder}/", text)
+    return text

@@ -9,16 +9,20 @@ from hvadam_bench.landscapes import landscape
 from hvadam_bench.optimizers import SPECS
 
 
-@pytest.mark.parametrize("variant", ["hvadam", "hvadam1"])
-def test_vmapped_hvadam_equals_one_optimizer_per_run(variant):
+@pytest.mark.parametrize("name", ["hvadam", "hvadam1", "hvadam-bf16"])
+def test_vmapped_hvadam_equals_one_optimizer_per_run(name):
+    spec = SPECS[name]
     land = landscape("bent")
     starts = land.starts(2, seed=3)
     configs = [(0.05, 0.99), (0.2, 0.999)]
-    batch = run_batch(SPECS[variant], land, starts, configs, steps=40, record_trajectory=True)
+    batch = run_batch(spec, land, starts, configs, steps=40, record_trajectory=True)
     for c, (lr, beta2) in enumerate(configs):
         for s in range(len(starts)):
             x = starts[s].clone().requires_grad_()
-            opt = HVAdam([x], lr=lr, betas=(0.9, beta2), variant=variant)
+            opt = HVAdam(
+                [x], lr=lr, betas=(0.9, beta2), variant=spec.hvadam_variant,
+                state_dtype=spec.state_dtype,
+            )  # fmt: skip
             for _ in range(40):
                 opt.zero_grad()
                 land.value(x[None]).sum().backward()

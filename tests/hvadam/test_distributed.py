@@ -35,6 +35,8 @@ TOLERANCE_FACTOR = 10
 # A restart threshold well above the default 0.1: restarts are frequent, the decision is exercised.
 OPTIONS = dict(lr=2e-2, restart_threshold=0.7)
 LAYOUT_OPTIONS = dict(lr=1e-2)
+# The kernel paths, by the options that select them.
+PATHS = {"single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 # ------------------------------------------------------------------------------- harness
@@ -133,11 +135,11 @@ def drop_masked_grads(model: nn.Module, step: int) -> None:
             p.grad = None
 
 
-def train_single(steps: int, groups: str = "one", perturb: bool = False, foreach: bool = False):
+def train_single(steps: int, groups: str = "one", perturb: bool = False, path: str = "single"):
     """The single-process run on the full batch: final parameters and diagnostics."""
     model = make_model()
     params = zero_groups(model) if groups == "zero" else model.parameters()
-    opt = HVAdam(params, foreach=foreach, **OPTIONS)
+    opt = HVAdam(params, **PATHS[path], **OPTIONS)
     for step in range(steps):
         x, y = batch(step)
         opt.zero_grad()
@@ -150,9 +152,9 @@ def train_single(steps: int, groups: str = "one", perturb: bool = False, foreach
     return flat(model.parameters()), diagnostics(opt)
 
 
-def tolerance_and_reference(groups: str = "one", foreach: bool = False):
-    reference, reference_diagnostics = train_single(STEPS, groups, foreach=foreach)
-    jittered, _ = train_single(STEPS, groups, perturb=True, foreach=foreach)
+def tolerance_and_reference(groups: str = "one", path: str = "single"):
+    reference, reference_diagnostics = train_single(STEPS, groups, path=path)
+    jittered, _ = train_single(STEPS, groups, perturb=True, path=path)
     floor = max_deviation(reference, jittered)
     assert floor > 0
     return TOLERANCE_FACTOR * floor, reference, reference_diagnostics
@@ -212,10 +214,10 @@ def average_plain_grads(model: nn.Module) -> None:
 
 
 def train_fsdp(
-    rank: int, steps: range, opt=None, model=None, foreach: bool = False
+    rank: int, steps: range, opt=None, model=None, path: str = "single"
 ) -> tuple[nn.Module, HVAdam]:
     model = model if model is not None else shard_model(make_model())
-    opt = opt if opt is not None else HVAdam(model.parameters(), foreach=foreach, **OPTIONS)
+    opt = opt if opt is not None else HVAdam(model.parameters(), **PATHS[path], **OPTIONS)
     for step in steps:
         x, y = batch(step, rank)
         opt.zero_grad()
@@ -225,10 +227,10 @@ def train_fsdp(
     return model, opt
 
 
-def fsdp_scenario(rank: int, tmp_path: Path, foreach: bool, local_only: bool) -> dict:
+def fsdp_scenario(rank: int, tmp_path: Path, path: str, local_only: bool) -> dict:
     if local_only:  # the negative control: every share stays on its rank
         hvadam.distributed.reduction_key = lambda tensor, scope_group=None: ()
-    model, opt = train_fsdp(rank, range(STEPS), foreach=foreach)
+    model, opt = train_fsdp(rank, range(STEPS), path=path)
     named = dict(model.named_parameters())
     return {
         "params": flat(model.parameters()),
@@ -238,17 +240,17 @@ def fsdp_scenario(rank: int, tmp_path: Path, foreach: bool, local_only: bool) ->
     }
 
 
-@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_fsdp2_equals_single_process(tmp_path, foreach):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fsdp2_equals_single_process(tmp_path, path):
     """Uneven and empty shards, and plain tensors in the same scope, reduce to the logical
     scope: FSDP2 equals the single process, and every rank takes the same decisions."""
-    tolerance, reference, reference_diagnostics = tolerance_and_reference(foreach=foreach)
-    results = spawn(tmp_path, fsdp_scenario, foreach, False)
+    tolerance, reference, reference_diagnostics = tolerance_and_reference(path=path)
+    results = spawn(tmp_path, fsdp_scenario, path, False)
     assert [r["local_shapes"] for r in results] == [[(3, 6), (1,)], [(2, 6), (0,)]]
     assert torch.equal(results[0]["plain"], results[1]["plain"])
     assert results[0]["diagnostics"] == results[1]["diagnostics"]
     deviation = max_deviation(results[0]["params"], reference)
-    report(f"FSDP2 ({'foreach' if foreach else 'single'})", deviation, tolerance)
+    report(f"FSDP2 ({path})", deviation, tolerance)
     assert deviation <= tolerance
     # The restart decision, frequent here, is the same on every rank and as in one process.
     restarts = results[0]["diagnostics"][0][-1]
@@ -260,7 +262,7 @@ def test_fsdp2_with_local_reduction_would_diverge(tmp_path):
     """The negative control: with every share kept local, each rank decides from its own
     shards: the ranks disagree and the parameters leave the tolerance far behind."""
     tolerance, reference, _ = tolerance_and_reference()
-    results = spawn(tmp_path, fsdp_scenario, False, True)
+    results = spawn(tmp_path, fsdp_scenario, "single", True)
     deviation = max_deviation(results[0]["params"], reference)
     report("FSDP2, local reduction (negative control)", deviation, tolerance)
     assert deviation > 100 * tolerance

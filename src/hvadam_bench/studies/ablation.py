@@ -243,6 +243,8 @@ def comparison(config: dict, variants: dict, names: list[str]) -> list[str]:
 
 
 HELP = "the ablation of HVAdam on the 1-layer PTB LSTM (paper Table 5)"
+# The report sections that `hvadam-bench all` lifts into its combined report.
+SUMMARY_SECTIONS = ("Table 5, ours beside the paper's", "Comparison with the paper")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 import hvadam
 from hvadam_bench import plots, vision
-from hvadam_bench.optimizers import SPECS, spec
+from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
@@ -104,11 +104,11 @@ class ClassifyConfig:
     def preset_named(cls, name: str) -> ClassifyConfig:
         if name == "quick":
             return cls(
-                tasks=list(OFFLINE_TASKS), optimizers=list(SPECS), lrs=(1e-3, 1e-2, 1e-1),
+                tasks=list(OFFLINE_TASKS), optimizers=list(DEFAULT_OPTIMIZERS), lrs=(1e-3, 1e-2, 1e-1),
                 seeds=3, threads=1, preset="quick",
             )  # fmt: skip
         return cls(
-            tasks=["vgg11", "resnet34", "densenet121"], optimizers=list(SPECS),
+            tasks=["vgg11", "resnet34", "densenet121"], optimizers=list(DEFAULT_OPTIMIZERS),
             lrs=(1e-3, 1e-2, 1e-1), seeds=3, preset="full",
         )  # fmt: skip
 
@@ -593,6 +593,8 @@ def render_report(results: dict) -> str:
 # --- command line ---------------------------------------------------------------------------
 
 HELP = "image classification: CNNs on digits / MNIST-1D, or CIFAR (paper Figure 4)"
+# The report sections that `hvadam-bench all` lifts into its combined report.
+SUMMARY_SECTIONS = ("Verdict", "Against the paper")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

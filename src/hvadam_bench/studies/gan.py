@@ -41,7 +41,7 @@ from torch import nn
 
 import hvadam
 from hvadam_bench import gan_metrics, plots
-from hvadam_bench.optimizers import SPECS, spec
+from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
@@ -147,7 +147,7 @@ class GanConfig:
         return cls(
             datasets=list(CPU_DATASETS if name == "quick" else ("cifar10",)),
             gans=list(GANS),
-            optimizers=list(SPECS),
+            optimizers=list(DEFAULT_OPTIMIZERS),
             lrs=grid["lrs"],
             seeds=grid["seeds"],
             preset=name,
@@ -1396,6 +1396,8 @@ def _table4(results: dict) -> list[str]:
 # ---- command line ----------------------------------------------------------------------------
 
 HELP = "WGAN, WGAN-GP and SN-GAN per optimizer (paper Figure 6, Table 4)"
+# The report sections that `hvadam-bench all` lifts into its combined report.
+SUMMARY_SECTIONS = ("Compared with the paper",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,7 @@ from torch.func import functional_call
 import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
-from hvadam_bench.optimizers import SPECS, spec
+from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.ptb import Corpus, batchify, bptt_windows, load_corpus
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
@@ -102,7 +102,7 @@ class LMConfig:
             # 4 times on validation. Embedding init ±1: with AWD's ±0.1, deep LSTMs sit on the
             # unigram plateau for hundreds of steps (3-layer Adam: ppl 195 after 530 steps).
             return cls(
-                depths=[1, 2, 3], optimizers=list(SPECS), lrs=(3e-3, 1e-2, 3e-2),
+                depths=[1, 2, 3], optimizers=list(DEFAULT_OPTIMIZERS), lrs=(3e-3, 1e-2, 3e-2),
                 sgd_lrs=(1.0, 3.0, 10.0), seeds=[1, 2], epochs=1, embedding=128, hidden=128,
                 bptt=35, batch_size=20, vocabulary=2000, train_tokens=140_000,
                 eval_tokens=20_000, eval_streams=20, clip=0.25, evals_per_epoch=4,
@@ -111,7 +111,7 @@ class LMConfig:
         # AdaBelief's PTB recipe (its run_all_layer*.py over an AWD-LSTM main.py), with a
         # fixed BPTT window instead of AWD's random window length.
         return cls(
-            depths=[1, 2, 3], optimizers=list(SPECS), lrs=(3e-4, 1e-3, 3e-3, 1e-2),
+            depths=[1, 2, 3], optimizers=list(DEFAULT_OPTIMIZERS), lrs=(3e-4, 1e-3, 3e-3, 1e-2),
             sgd_lrs=(3.0, 10.0, 30.0, 100.0), seeds=[1, 2, 3], epochs=200, embedding=400,
             hidden=1150, bptt=70, batch_size=20, vocabulary=None, train_tokens=None,
             eval_tokens=None, eval_streams=10, clip=0.25, weight_decay=1.2e-6,
@@ -904,6 +904,8 @@ def comparison(config: dict, depths: dict) -> list[str]:
 # --- command line ---------------------------------------------------------------------------
 
 HELP = "Penn Treebank LSTM language models, 1-3 layers (paper Figure 5)"
+# The report sections that `hvadam-bench all` lifts into its combined report.
+SUMMARY_SECTIONS = ("Verdict", "Comparison with the paper")
 
 
 def seed_list(text: str) -> list[int]:

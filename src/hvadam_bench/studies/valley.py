@@ -23,7 +23,7 @@ from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.batched import run_batch
 from hvadam_bench.landscapes import DTYPE, FULL, QUICK, all_names, landscape
-from hvadam_bench.optimizers import PAPER_SET, SPECS, spec
+from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, PAPER_SET, SPECS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
@@ -60,12 +60,12 @@ class ValleyConfig:
     def preset_named(cls, name: str) -> ValleyConfig:
         if name == "quick":
             return cls(
-                functions=list(QUICK), optimizers=list(SPECS), steps=200, tune_starts=3,
+                functions=list(QUICK), optimizers=list(DEFAULT_OPTIMIZERS), steps=200, tune_starts=3,
                 eval_starts=4, preset="quick",
                 grid=Grid(lrs=log_spaced(1e-3, 1.0, 2), beta2s=(0.99, 0.999), momenta=(0.5, 0.9)),
             )  # fmt: skip
         return cls(
-            functions=list(FULL), optimizers=list(SPECS), steps=1000, tune_starts=4,
+            functions=list(FULL), optimizers=list(DEFAULT_OPTIMIZERS), steps=1000, tune_starts=4,
             eval_starts=8, preset="full",
             grid=Grid(
                 lrs=log_spaced(1e-4, 1.0, 3), beta2s=(0.9, 0.99, 0.999), momenta=(0.5, 0.9, 0.99)
@@ -474,6 +474,8 @@ def _verdict(functions: dict) -> list[str]:
 
 
 HELP = "the valley-dilemma study (paper Figures 1-3, Table 1)"
+# The report sections that `hvadam-bench all` lifts into its combined report.
+SUMMARY_SECTIONS = ("Verdict", "Summary")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
