@@ -117,9 +117,9 @@ class Counter:
 
             self._bar = tqdm(total=total, desc=description, unit="run", dynamic_ncols=True)
 
-    def tick(self) -> None:
+    def tick(self, count: int = 1) -> None:
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(count)
 
     def close(self) -> None:
         if self._bar is not None:

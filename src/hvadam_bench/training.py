@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import random
 import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -141,13 +144,16 @@ def run_trial(trial: Trial, trial_fn: TrialFunction, store: TrialStore) -> dict:
     """The trial's stored result, or run it (resuming from its checkpoint) and store it.
 
     ``trial_fn`` returns at least ``valid`` (the selection score), ``test`` (or None) and
-    ``diverged``; a NaN or inf loss must end it with ``diverged=True`` rather than raise.
+    ``diverged``; a NaN or inf loss must end it with ``diverged=True`` rather than raise. The
+    stored result also records the ``seconds`` the run took (its last part, if resumed).
     """
     stored = store.result(trial)
     if stored is not None:
         return stored
     checkpointer = store.checkpointer(trial)
+    began = time.perf_counter()
     result = trial_fn(trial, checkpointer)
+    result = {**result, "seconds": round(time.perf_counter() - began, 3)}
     store.save_result(trial, _json_safe(result))
     checkpointer.clear()
     return store.result(trial)
@@ -178,47 +184,63 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
-def run_protocol(
-    suite: str,
-    tasks: Sequence[str],
-    optimizers: Sequence[str],
-    lrs: Sequence[float],
-    final_seeds: Sequence[int],
-    trial_fn: TrialFunction,
-    store: TrialStore,
-    higher_is_better: bool = False,
-    tune_seed: int = 0,
-    show_progress: bool = True,
-) -> dict:
-    """Tune each optimizer's lr on validation, then rerun the chosen lr with every final seed.
+@dataclass(frozen=True)
+class Workers:
+    """Where :func:`run_protocol` runs its (task, optimizer) pairs: in ``jobs`` spawned,
+    single-threaded processes, each of which calls ``setup(*args)`` once for the trial
+    function it uses (``setup`` must be a module-level function, so that it pickles)."""
 
-    Returns ``{task: {optimizer: summary}}`` with the grid, the chosen lr, mean ± std of the
-    final validation and test scores, the number of diverged runs and the mean curve."""
-    plan = [(task, name) for task in tasks for name in optimizers]
-    total = len(plan) * (len(lrs) + len(final_seeds))
-    counter = Counter(total, suite, show_progress)
-    summary: dict = {}
-    for task, name in plan:
+    jobs: int
+    setup: Callable[..., TrialFunction]
+    args: tuple = ()
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What every (task, optimizer) pair of one :func:`run_protocol` call shares."""
+
+    suite: str
+    grids: dict[str, list[float]]
+    final_seeds: list[int]
+    higher_is_better: bool
+    tune_seed: int
+
+    def summarise(
+        self, task: str, name: str, trial_fn: TrialFunction, store, tick
+    ) -> tuple[dict, list[dict]]:
+        """Tune ``name``'s lr on ``task``, run the final seeds, and summarise them; also, per
+        trial, the seconds it took when it ran and whether it ran now."""
+        ran_now = []
+
+        def counted(trial: Trial, checkpointer: Checkpointer) -> dict:
+            ran_now.append(trial)
+            return trial_fn(trial, checkpointer)
+
+        lrs = self.grids[name]
+        timing = []
+
+        def run(trial: Trial) -> dict:
+            result = run_trial(trial, counted, store)
+            timing.append({"seconds": result.get("seconds"), "ran_now": trial in ran_now})
+            tick()
+            return result
+
         grid = []
         for lr in lrs:
-            result = run_trial(Trial(suite, task, name, lr, tune_seed, "tune"), trial_fn, store)
+            result = run(Trial(self.suite, task, name, lr, self.tune_seed, "tune"))
             grid.append(
                 {"lr": lr, "valid": result.get("valid"), "diverged": bool(result.get("diverged"))}
             )
-            counter.tick()
-        scores = [_score(g, "valid", higher_is_better) for g in grid]
+        scores = [_score(g, "valid", self.higher_is_better) for g in grid]
         best = min(range(len(lrs)), key=lambda i: (scores[i], i))
         chosen = lrs[best]
-        finals = []
-        for seed in final_seeds:
-            finals.append(
-                run_trial(Trial(suite, task, name, chosen, seed, "final"), trial_fn, store)
-            )
-            counter.tick()
+        finals = [
+            run(Trial(self.suite, task, name, chosen, seed, "final")) for seed in self.final_seeds
+        ]
         valid_mean, valid_std = _mean_std([r.get("valid") for r in finals if not r.get("diverged")])
         test_mean, test_std = _mean_std([r.get("test") for r in finals if not r.get("diverged")])
         curves = [r["curve"] for r in finals if r.get("curve") and not r.get("diverged")]
-        summary.setdefault(task, {})[name] = {
+        summary = {
             "label": SPECS[name].label,
             "lr": chosen,
             "grid": grid,
@@ -231,7 +253,64 @@ def run_protocol(
             "curve": [statistics.fmean(values) for values in zip(*curves)] if curves else None,
             "extra": {k: [r.get(k) for r in finals] for k in finals[0] if k.startswith("metric_")},
         }
-    counter.close()
+        return summary, timing
+
+
+def _pair_in_worker(setup: Callable, args: tuple, protocol: _Protocol, root: Path):
+    """In a worker: the function that runs one (task, optimizer) pair."""
+    trial_fn, store = setup(*args), TrialStore(root)
+    return lambda pair: protocol.summarise(*pair, trial_fn, store, lambda: None)
+
+
+def run_protocol(
+    suite: str,
+    tasks: Sequence[str],
+    optimizers: Sequence[str],
+    lrs: Sequence[float] | Mapping[str, Sequence[float]],
+    final_seeds: Sequence[int],
+    trial_fn: TrialFunction,
+    store: TrialStore,
+    higher_is_better: bool = False,
+    tune_seed: int = 0,
+    show_progress: bool = True,
+    workers: Workers | None = None,
+    description: str | None = None,
+    timing: list | None = None,
+) -> dict:
+    """Tune each optimizer's lr on validation, then rerun the chosen lr with every final seed.
+
+    ``lrs`` is the grid of every optimizer, or a grid per optimizer name. With ``workers``
+    (and more than one job), each (task, optimizer) pair runs in a worker process; every trial
+    is seeded and single-threaded and goes through the same store, so the outcome is the one
+    of a single process.
+
+    Returns ``{task: {optimizer: summary}}`` with the grid, the chosen lr, mean ± std of the
+    final validation and test scores, the number of diverged runs and the mean curve. A
+    ``timing`` list gets, per trial, the ``seconds`` it took when it ran and whether it
+    ``ran_now`` (stored trials are not rerun)."""
+    grids = {name: list(lrs[name] if isinstance(lrs, Mapping) else lrs) for name in optimizers}
+    protocol = _Protocol(suite, grids, list(final_seeds), higher_is_better, tune_seed)
+    plan = [(task, name) for task in tasks for name in optimizers]
+    per_pair = {name: len(grids[name]) + len(final_seeds) for name in optimizers}
+    counter = Counter(sum(per_pair[name] for _, name in plan), description or suite, show_progress)
+    try:
+        if workers is not None and workers.jobs > 1:
+            done = _run_in_workers(
+                plan, _pair_in_worker, (workers.setup, workers.args, protocol, store.root),
+                workers.jobs, on_done=lambda pair: counter.tick(per_pair[pair[1]]),
+            )  # fmt: skip
+        else:
+            done = {
+                (task, name): protocol.summarise(task, name, trial_fn, store, counter.tick)
+                for task, name in plan
+            }
+    finally:
+        counter.close()
+    summary: dict = {}
+    for task, name in plan:
+        summary.setdefault(task, {})[name], pair_timing = done[(task, name)]
+        if timing is not None:
+            timing.extend(pair_timing)
     return summary
 
 
@@ -248,3 +327,46 @@ def set_rng_state(state: dict) -> None:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
+
+
+# --- several processes ------------------------------------------------------------------------
+
+_WORKER: dict = {}  # what a worker process keeps between the units it runs
+
+
+def _start_worker(setup: Callable, setup_args: tuple) -> None:
+    torch.set_num_threads(1)
+    _WORKER["unit"] = setup(*setup_args)
+
+
+def _run_unit(unit: Hashable):
+    return _WORKER["unit"](unit)
+
+
+def _run_in_workers(
+    units: Sequence[Hashable],
+    setup: Callable,
+    setup_args: tuple,
+    jobs: int,
+    on_done: Callable[[Hashable], None] = lambda unit: None,
+) -> dict:
+    """``{unit: unit_fn(unit)}``, with the units shared out over ``jobs`` spawned processes.
+
+    ``setup(*setup_args)`` (a module-level function, so that it pickles) runs once in each
+    worker and returns ``unit_fn``. Meant for (task, optimizer) pairs of :func:`run_protocol`:
+    they are independent (each tunes its own lr, then runs its final seeds), every trial is
+    seeded and single-threaded, and results go through the same store, so the outcome is the
+    one of a single process. ``on_done(unit)`` runs here as each unit finishes."""
+    done: dict = {}
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(setup, setup_args),
+    )  # fmt: skip
+    try:
+        futures = {pool.submit(_run_unit, unit): unit for unit in units}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            on_done(futures[future])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {unit: done[unit] for unit in units}

@@ -11,6 +11,7 @@ from hvadam_bench.training import (
     Interrupted,
     Trial,
     TrialStore,
+    Workers,
     make_optimizer,
     rng_state,
     run_protocol,
@@ -110,3 +111,28 @@ def test_corrupt_checkpoint_restarts_the_trial(tmp_path, capsys):
     path.write_bytes(b"not a checkpoint at all")
     assert protocol(store, optimizers=("adam",)) == reference
     assert "corrupt checkpoint" in capsys.readouterr().err
+
+
+def toy_trial_function():
+    """What a worker process runs its trials with."""
+    return toy_trial
+
+
+def test_workers_give_the_single_process_result(tmp_path):
+    single = protocol(TrialStore(tmp_path / "a"))
+    timing: list = []
+    pooled = run_protocol(
+        "toy", ["fit"], ["adam", "hvadam"], [0.01, 0.1, 10.0], [1, 2], toy_trial,
+        TrialStore(tmp_path / "b"), show_progress=False, workers=Workers(2, toy_trial_function),
+        timing=timing,
+    )  # fmt: skip
+    assert pooled == single
+    assert len(timing) == 2 * (3 + 2) and all(t["ran_now"] and t["seconds"] >= 0 for t in timing)
+    again: list = []
+    protocol_again = run_protocol(
+        "toy", ["fit"], ["adam", "hvadam"], [0.01, 0.1, 10.0], [1, 2], toy_trial,
+        TrialStore(tmp_path / "b"), show_progress=False, timing=again,
+    )  # fmt: skip
+    assert protocol_again == single
+    assert not any(t["ran_now"] for t in again)
+    assert [t["seconds"] for t in again] == [t["seconds"] for t in timing]  # as they ran

@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from hvadam_bench import plots
 from hvadam_bench.optimizers import SPECS
-from hvadam_bench.ptb import load_corpus
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import atomic_write_json, atomic_write_text, prepare_output
 from hvadam_bench.studies import lm
-from hvadam_bench.training import TrialStore
 
 SUITE = "ablation"
 VARIANTS = ("hvadam0", "hvadam1", "hvadam2", "hvadam")
@@ -46,16 +41,12 @@ def run(
     trials: Path | None = None,
     show_progress: bool = True,
     threads: int | None = 1,
+    jobs: int = 1,
 ):
     """Run the ablation; write ``ablation.json``, ``report.md`` and the figures into ``out``."""
-    config.validate()
-    corpus = load_corpus(config.data_dir, config.vocabulary)
-    store = TrialStore(trials or out / "trials")
-    began = time.perf_counter()
-    with lm.torch_threads(threads):
-        depths, timing = lm.sweep(config, corpus, store, SUITE, show_progress)
-    timing["wall_seconds"] = round(time.perf_counter() - began, 2)
-    timing["threads"] = threads or torch.get_num_threads()
+    corpus, depths, timing = lm.timed_sweep(
+        config, trials or out / "trials", SUITE, show_progress, threads, jobs
+    )
     variants = depths["1"] if "1" in depths else next(iter(depths.values()))
     results = {
         "meta": lm.meta(config, corpus, timing, __doc__.split("\n\n")[1].replace("\n", " ")),
@@ -148,8 +139,7 @@ def render_report(results: dict) -> str:
         "",
         "**Setup.** " + lm.describe_setup(config, meta["corpus"]),
         "",
-        f"Trials run now: {timing['trials_run']}, {fmt(timing['seconds_per_trial'])} s each on "
-        f"average ({fmt(timing['wall_seconds'])} s in all; stored trials are not rerun).",
+        lm.timing_sentence(timing),
         "",
         "## Table 5, ours beside the paper's",
         "",
@@ -258,7 +248,7 @@ def main(args: argparse.Namespace) -> int:
     out = prepare_output(args.out)
     results = run(
         config, out, Path(args.trials) if args.trials else None, not args.no_progress,
-        threads=args.threads or None,
+        threads=args.threads or None, jobs=lm.jobs_for(args),
     )  # fmt: skip
     print(f"wrote {out / 'ablation.json'}, {out / 'report.md'} and figures")
     for summary in results["variants"].values():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 import hvadam
 from hvadam_bench import plots, vision
-from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
+from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
@@ -43,7 +44,9 @@ from hvadam_bench.runner import (
 from hvadam_bench.training import (
     Checkpointer,
     Trial,
+    TrialFunction,
     TrialStore,
+    Workers,
     make_optimizer,
     rng_state,
     run_protocol,
@@ -98,14 +101,18 @@ class ClassifyConfig:
     # torch's CPU threads while the suite runs (None: unchanged). The quick preset uses one:
     # its networks are too small to gain from more, and the thread count changes the rounding.
     threads: int | None = None
+    # Worker processes (one thread each) sharing the (task, optimizer) pairs; results do not
+    # depend on it.
+    jobs: int = 1
     preset: str = "custom"
 
     @classmethod
     def preset_named(cls, name: str) -> ClassifyConfig:
         if name == "quick":
             return cls(
-                tasks=list(OFFLINE_TASKS), optimizers=list(DEFAULT_OPTIMIZERS), lrs=(1e-3, 1e-2, 1e-1),
-                seeds=3, threads=1, preset="quick",
+                tasks=list(OFFLINE_TASKS), optimizers=list(DEFAULT_OPTIMIZERS),
+                lrs=(1e-3, 1e-2, 1e-1), seeds=3, threads=1, jobs=min(2, os.cpu_count() or 1),
+                preset="quick",
             )  # fmt: skip
         return cls(
             tasks=["vgg11", "resnet34", "densenet121"], optimizers=list(DEFAULT_OPTIMIZERS),
@@ -137,6 +144,8 @@ class ClassifyConfig:
             raise BenchError(f"unknown --dataset {self.dataset!r}; known: cifar10, cifar100")
         if self.threads is not None and self.threads < 1:
             raise BenchError("--threads must be at least 1")
+        if self.jobs < 1:
+            raise BenchError("--jobs must be at least 1")
         try:
             device = torch.device(self.device)
         except RuntimeError:
@@ -311,6 +320,20 @@ def _result(history: dict, diverged: bool) -> dict:
 # --- the study ------------------------------------------------------------------------------
 
 
+def trial_function(config: ClassifyConfig) -> TrialFunction:
+    """One training run per trial; each task's data is loaded once, when a trial first
+    needs it."""
+    setups: dict[str, Setup] = {}
+
+    def trial_fn(trial: Trial, checkpointer: Checkpointer) -> dict:
+        if trial.task not in setups:
+            name = next(n for n in config.tasks if config.task_id(n) == trial.task)
+            setups[trial.task] = _setup(config, name)
+        return train(trial, checkpointer, setups[trial.task])
+
+    return trial_fn
+
+
 def _check_budget(config: ClassifyConfig, store: TrialStore) -> None:
     """Trials are keyed by task, optimizer, lr and seed only: refuse to mix results of
     different budgets in one ``--out`` (a changed --epochs would silently reuse old runs)."""
@@ -339,22 +362,15 @@ def run(
     config.validate()
     store = store or TrialStore(out / "trials")
     _check_budget(config, store)
-    setups: dict[str, Setup] = {}
-
-    def trial_fn(trial: Trial, checkpointer: Checkpointer) -> dict:
-        if trial.task not in setups:  # load each dataset once, when a trial first needs it
-            name = next(n for n in config.tasks if config.task_id(n) == trial.task)
-            setups[trial.task] = _setup(config, name)
-        return train(trial, checkpointer, setups[trial.task])
-
     threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
         summary = run_protocol(
             SUITE, [config.task_id(n) for n in config.tasks], config.optimizers,
-            list(config.lrs), list(range(1, config.seeds + 1)), trial_fn, store,
+            list(config.lrs), list(range(1, config.seeds + 1)), trial_function(config), store,
             higher_is_better=True, tune_seed=0, show_progress=show_progress,
+            workers=Workers(config.jobs, trial_function, (config,)),
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
@@ -616,13 +632,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (quick default: 1)")
+    parser.add_argument(
+        "--jobs", type=int,
+        help="worker processes, one thread each (quick default: 2, full: 1); results do not "
+        "depend on it",
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     config = ClassifyConfig.preset_named(args.preset)
     for name in (
         "tasks", "optimizers", "lrs", "seeds", "epochs", "batch_size", "weight_decay",
-        "dataset", "data_dir", "device", "threads",
+        "dataset", "data_dir", "device", "threads", "jobs",
     ):  # fmt: skip
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))

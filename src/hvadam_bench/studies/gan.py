@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import pickle
 import platform
@@ -31,7 +30,6 @@ import statistics
 import tarfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,12 +49,13 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
-    progress,
 )
 from hvadam_bench.training import (
     Checkpointer,
     Trial,
+    TrialFunction,
     TrialStore,
+    Workers,
     make_optimizer,
     rng_state,
     run_protocol,
@@ -853,10 +852,7 @@ def run(
             problem = make_problem(dataset, config, out)
             store = TrialStore(_store_root(out, problem), interrupt_after_checkpoints)
             tasks = [f"{dataset}-{gan}" for gan in config.gans]
-            if config.jobs > 1:
-                summary = _run_in_workers(problem, config, out, show_progress)
-            else:
-                summary = _protocol(problem, store, config, tasks, config.optimizers, show_progress)
+            summary = _protocol(problem, store, config, out, tasks, show_progress)
             entry = {
                 "metric": problem.metric,
                 "metric_long": problem.metric_long,
@@ -885,56 +881,20 @@ def _store_root(out: Path, problem: Problem) -> Path:
     return out / "trials" / f"{problem.name}-{_fingerprint(problem.name, problem.budget)}"
 
 
-def _protocol(problem, store, config, tasks, optimizers, show_progress) -> dict:
+def _protocol(problem, store, config, out, tasks, show_progress) -> dict:
+    """The protocol over ``tasks``, in ``config.jobs`` processes (each builds its own copy of
+    the problem from ``out``, where the digits classifier is cached)."""
     return run_protocol(
-        "gan", tasks, optimizers, list(config.lrs), list(config.seeds),
+        "gan", tasks, config.optimizers, list(config.lrs), list(config.seeds),
         functools.partial(train_gan, problem=problem), store, higher_is_better=False,
         tune_seed=config.tune_seed, show_progress=show_progress,
+        workers=Workers(config.jobs, _worker_trial_function, (problem.name, config, out)),
     )  # fmt: skip
 
 
-_WORKER: dict = {}  # what a worker process keeps between the units it runs
-
-
-def _start_worker(dataset: str, config: GanConfig, out: Path) -> None:
-    torch.set_num_threads(1)
-    problem = make_problem(dataset, config, out)
-    _WORKER.update(problem=problem, store=TrialStore(_store_root(out, problem)), config=config)
-
-
-def _worker_unit(task: str, optimizer: str) -> dict:
-    problem, store, config = _WORKER["problem"], _WORKER["store"], _WORKER["config"]
-    return _protocol(problem, store, config, [task], [optimizer], False)[task][optimizer]
-
-
-def _run_in_workers(problem: Problem, config: GanConfig, out: Path, show_progress: bool) -> dict:
-    """The protocol with each (task, optimizer) pair in one of ``config.jobs`` processes.
-
-    Pairs are independent (each tunes its own lr, then runs its final seeds), every trial is
-    seeded and single-threaded, and results go through the same store, so the outcome is the
-    one of a single process, in the same order."""
-    tasks = [f"{problem.name}-{gan}" for gan in config.gans]
-    units = [(task, name) for task in tasks for name in config.optimizers]
-    per_unit = len(config.lrs) + len(config.seeds)
-    ticks = iter(
-        progress(range(len(units) * per_unit), len(units) * per_unit, "gan", show_progress)
-    )
-    done: dict = {}
-    pool = ProcessPoolExecutor(
-        config.jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(problem.name, config, out),
-    )  # fmt: skip
-    try:
-        futures = {pool.submit(_worker_unit, *unit): unit for unit in units}
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            for _ in range(per_unit):
-                next(ticks, None)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    for _ in ticks:  # let the bar close
-        pass
-    return {task: {name: done[(task, name)] for name in config.optimizers} for task in tasks}
+def _worker_trial_function(dataset: str, config: GanConfig, out: Path) -> TrialFunction:
+    """In a worker process: the trial function over this process's own copy of the data."""
+    return functools.partial(train_gan, problem=make_problem(dataset, config, out))
 
 
 def _cpu_seconds(store: TrialStore, config: GanConfig, tasks: list[str]) -> float | None:

@@ -11,7 +11,9 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
+import statistics
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,13 +40,13 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
-    progress,
 )
 from hvadam_bench.training import (
     Checkpointer,
     Trial,
     TrialFunction,
     TrialStore,
+    Workers,
     make_optimizer,
     rng_state,
     run_protocol,
@@ -408,11 +410,18 @@ def hidden_vector_metrics(optimizer: torch.optim.Optimizer) -> dict:
 
 
 def sweep(
-    config: LMConfig, corpus: Corpus, store: TrialStore, label: str, show_progress: bool
+    config: LMConfig,
+    corpus: Corpus,
+    store: TrialStore,
+    label: str,
+    show_progress: bool,
+    jobs: int = 1,
 ) -> tuple[dict, dict]:
-    """Run the protocol for every depth and optimizer, each optimizer over its own grid.
+    """Run the protocol for every depth and optimizer, each optimizer over its own grid, the
+    (depth, optimizer) pairs shared out over ``jobs`` processes.
 
-    Returns ``({depth: {optimizer: summary}}, timing)``; timing covers the trials run now."""
+    Returns ``({depth: {optimizer: summary}}, timing)``; timing counts the trials run now and
+    the seconds each stored trial took when it ran."""
     splits = prepare_splits(corpus, config)
     windows = math.ceil((len(splits.train) - 1) / config.bptt)
     if config.evals_per_epoch > windows:
@@ -420,39 +429,34 @@ def sweep(
             f"--evals-per-epoch {config.evals_per_epoch} is more than the {windows} training "
             "steps of an epoch"
         )
-    trial_fn = make_trial_function(config, splits)
-    plan = [(depth, name) for depth in config.depths for name in config.optimizers]
-    total = sum(len(config.grid_for(name)) + len(config.seeds) for _, name in plan)
-    ticks = iter(progress(range(total), total, label, show_progress))
-    seconds: list[float] = []
-
-    def timed(trial: Trial, checkpointer: Checkpointer) -> dict:
-        began = time.perf_counter()
-        result = trial_fn(trial, checkpointer)
-        seconds.append(time.perf_counter() - began)
-        next(ticks, None)
-        return result
-
+    depth_of_task = {config.task(depth, corpus): depth for depth in config.depths}
+    trials: list[dict] = []
+    summary = run_protocol(
+        SUITE, list(depth_of_task), config.optimizers,
+        {name: config.grid_for(name) for name in config.optimizers}, config.seeds,
+        make_trial_function(config, splits), store, tune_seed=config.tune_seed,
+        show_progress=show_progress, workers=Workers(jobs, _worker_trial_function, (config,)),
+        description=label, timing=trials,
+    )  # fmt: skip
     results: dict = {}
-    for depth, name in plan:
-        task = config.task(depth, corpus)
-        ran_before = len(seconds)
-        summary = run_protocol(
-            SUITE, [task], [name], list(config.grid_for(name)), config.seeds, timed, store,
-            tune_seed=config.tune_seed, show_progress=False,
-        )[task][name]  # fmt: skip
-        planned = len(config.grid_for(name)) + len(config.seeds)
-        for _ in range(planned - (len(seconds) - ran_before)):  # finished earlier: stored
-            next(ticks, None)
-        summary["task"] = task
-        results.setdefault(str(depth), {})[name] = summary
-    next(ticks, None)  # closes the bar
+    for task, by_optimizer in summary.items():
+        for name, entry in by_optimizer.items():
+            results.setdefault(str(depth_of_task[task]), {})[name] = {**entry, "task": task}
+    seconds = [t["seconds"] for t in trials if t["seconds"] is not None]
     timing = {
-        "trials_run": len(seconds),
-        "seconds_total": round(sum(seconds), 2),
-        "seconds_per_trial": round(sum(seconds) / len(seconds), 3) if seconds else None,
+        "trials_run": sum(t["ran_now"] for t in trials),
+        "trials": len(trials),
+        "seconds_per_trial": round(statistics.fmean(seconds), 3) if seconds else None,
+        "jobs": jobs,
     }
     return results, timing
+
+
+def _worker_trial_function(config: LMConfig) -> TrialFunction:
+    """In a worker process: the trial function over this process's own copy of the corpus."""
+    return make_trial_function(
+        config, prepare_splits(load_corpus(config.data_dir, config.vocabulary), config)
+    )
 
 
 def unigram_perplexity(train: torch.Tensor, evaluation: torch.Tensor, vocabulary: int) -> float:
@@ -513,22 +517,39 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def timed_sweep(
+    config: LMConfig,
+    trials: Path,
+    label: str,
+    show_progress: bool = True,
+    threads: int | None = 1,
+    jobs: int = 1,
+) -> tuple[Corpus, dict, dict]:
+    """:func:`sweep` over the corpus ``config`` names, with trials stored under ``trials``, on
+    ``threads`` CPU threads in this process or ``jobs`` single-threaded workers; the timing
+    gets the wall time and thread count."""
+    config.validate()
+    corpus = load_corpus(config.data_dir, config.vocabulary)
+    began = time.perf_counter()
+    with torch_threads(threads):
+        depths, timing = sweep(config, corpus, TrialStore(trials), label, show_progress, jobs)
+    timing["wall_seconds"] = round(time.perf_counter() - began, 2)
+    timing["threads"] = threads or torch.get_num_threads()
+    return corpus, depths, timing
+
+
 def run(
     config: LMConfig,
     out: Path,
     trials: Path | None = None,
     show_progress: bool = True,
     threads: int | None = 1,
+    jobs: int = 1,
 ):
     """Run the study; write ``lm.json``, ``report.md`` and the figures into ``out``."""
-    config.validate()
-    corpus = load_corpus(config.data_dir, config.vocabulary)
-    store = TrialStore(trials or out / "trials")
-    began = time.perf_counter()
-    with torch_threads(threads):
-        depths, timing = sweep(config, corpus, store, SUITE, show_progress)
-    timing["wall_seconds"] = round(time.perf_counter() - began, 2)
-    timing["threads"] = threads or torch.get_num_threads()
+    corpus, depths, timing = timed_sweep(
+        config, trials or out / "trials", SUITE, show_progress, threads, jobs
+    )
     results = {
         "meta": meta(config, corpus, timing, __doc__.split("\n\n")[1].replace("\n", " ")),
         "depths": depths,
@@ -725,8 +746,7 @@ def render_report(results: dict) -> str:
         "",
         unigram_sentence(meta_["unigram_valid_ppl"]),
         "",
-        f"Trials run now: {timing['trials_run']}, {fmt(timing['seconds_per_trial'])} s each on "
-        f"average ({fmt(timing['wall_seconds'])} s in all; stored trials are not rerun).",
+        timing_sentence(timing),
         "",
     ]
     lines += verdict(depths, meta_["unigram_valid_ppl"])
@@ -746,6 +766,19 @@ def render_report(results: dict) -> str:
     ]
     lines += comparison(config, depths)
     return "\n".join(lines)
+
+
+def timing_sentence(timing: dict) -> str:
+    """How long the trials took, in words."""
+    workers = timing.get("jobs") or 1
+    where = f"{workers} worker processes" if workers > 1 else "one process"
+    return (
+        f"Timing: {timing.get('trials', timing['trials_run'])} trials, "
+        f"{fmt(timing['seconds_per_trial'])} s each on average when they ran ({where}, "
+        f"{timing['threads'] if workers == 1 else 1} thread each); run now: "
+        f"{timing['trials_run']}, in {fmt(timing['wall_seconds'])} s of wall time (stored "
+        "trials are not rerun)."
+    )
 
 
 PLATEAU = 0.95  # a validation perplexity above 95% of the unigram model's: still on its plateau
@@ -931,6 +964,16 @@ def thread_count(text: str) -> int:
     return count
 
 
+def job_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--jobs takes a count of at least 1, got {text!r}")
+    return count
+
+
 def depth_list(text: str) -> list[int]:
     try:
         return [int(x) for x in names(text)]
@@ -964,6 +1007,19 @@ def training_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU threads for torch (default 1: the small LSTMs gain little from more, and "
         "lose much when the cores are shared); 0 leaves torch's default",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=job_count,
+        help="worker processes, one (depth, optimizer) pair each at a time, one thread each "
+        "(default: 2 on the CPU preset, 1 with --full); results do not depend on it",
+    )  # fmt: skip
+
+
+def jobs_for(args: argparse.Namespace) -> int:
+    """``--jobs``, or the preset's default: both cores for the CPU preset, one process (on
+    the accelerator) for ``--full``."""
+    if args.jobs is not None:
+        return args.jobs
+    return min(2, os.cpu_count() or 1) if args.preset == "quick" else 1
 
 
 def apply_arguments(config: LMConfig, args: argparse.Namespace) -> LMConfig:
@@ -994,7 +1050,7 @@ def main(args: argparse.Namespace) -> int:
     out = prepare_output(args.out)
     results = run(
         config, out, Path(args.trials) if args.trials else None, not args.no_progress,
-        threads=args.threads or None,
+        threads=args.threads or None, jobs=jobs_for(args),
     )  # fmt: skip
     print(f"wrote {out / 'lm.json'}, {out / 'report.md'} and figures")
     for depth, by_optimizer in results["depths"].items():

@@ -60,13 +60,13 @@ class ValleyConfig:
     def preset_named(cls, name: str) -> ValleyConfig:
         if name == "quick":
             return cls(
-                functions=list(QUICK), optimizers=list(DEFAULT_OPTIMIZERS), steps=200, tune_starts=3,
-                eval_starts=4, preset="quick",
+                functions=list(QUICK), optimizers=list(DEFAULT_OPTIMIZERS), steps=200,
+                tune_starts=3, eval_starts=4, preset="quick",
                 grid=Grid(lrs=log_spaced(1e-3, 1.0, 2), beta2s=(0.99, 0.999), momenta=(0.5, 0.9)),
             )  # fmt: skip
         return cls(
-            functions=list(FULL), optimizers=list(DEFAULT_OPTIMIZERS), steps=1000, tune_starts=4,
-            eval_starts=8, preset="full",
+            functions=list(FULL), optimizers=list(DEFAULT_OPTIMIZERS), steps=1000,
+            tune_starts=4, eval_starts=8, preset="full",
             grid=Grid(
                 lrs=log_spaced(1e-4, 1.0, 3), beta2s=(0.9, 0.99, 0.999), momenta=(0.5, 0.9, 0.99)
             ),
