@@ -64,7 +64,9 @@ SPECS: dict[str, OptimizerSpec] = {
                 ("hvadam", "HVAdam"),
                 ("hvadam2", "HVAdam² (no restart)"),
                 ("hvadam1", "HVAdam¹ (Adam moment)"),
-                ("hvadam0", "HVAdam⁰ (= Adam)"),
+                # Adam's algorithm with HVAdam's ε (1e-16; torch's Adam: 1e-8), which matters
+                # where gradients are tiny.
+                ("hvadam0", "HVAdam⁰ (Adam, ε 1e-16)"),
             )
         ),
         # The same HVAdam with m, s, v stored in bfloat16 (stochastic rounding): a study of

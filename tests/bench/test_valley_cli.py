@@ -149,3 +149,11 @@ def test_list_and_help():
     result = run_cli("valley", "--list")
     assert result.returncode == 0 and "hvadam" in result.stdout and "table1" in result.stdout
     assert run_cli().returncode == 2
+
+
+def test_results_are_readable_like_any_new_file(tmp_path):
+    target = tmp_path / "report.md"
+    runner.atomic_write_text(target, "text\n")
+    plain = tmp_path / "plain.md"
+    plain.write_text("text\n")
+    assert target.stat().st_mode == plain.stat().st_mode

@@ -160,9 +160,9 @@ def render_report(results: dict) -> str:
         ),
         "",
         "Ours: mean ± std over the final seeds at the last epoch; `vs HVAdam⁰`: change of the "
-        "mean validation perplexity against HVAdam⁰ (= Adam). Restarts of the hidden vector "
-        "and δ (the EMA of cos(v, m̂) that sizes the hidden step, lr·10^(6δ-3)) at the end of "
-        "each final run; — for HVAdam⁰, which has no hidden vector.",
+        "mean validation perplexity against HVAdam⁰ (Adam's algorithm with HVAdam's ε = 1e-16). "
+        "Restarts of the hidden vector and δ (the EMA of cos(v, m̂) that sizes the hidden step, "
+        "lr·10^(6δ-3)) at the end of each final run; — for HVAdam⁰, which has no hidden vector.",
         "",
         "![ablation](ablation.png)",
         "",
