@@ -133,6 +133,21 @@ class Counter:
             self._bar.close()
 
 
+def versions() -> dict[str, str]:
+    """The versions a results file records: hvadam, torch, Python."""
+    import platform
+
+    import torch
+
+    import hvadam
+
+    return {
+        "hvadam": hvadam.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 

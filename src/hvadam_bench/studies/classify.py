@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import hvadam
 from hvadam_bench import plots, vision
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, spec
 from hvadam_bench.report import fmt, table
@@ -40,6 +38,7 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
+    versions,
 )
 from hvadam_bench.training import (
     Checkpointer,
@@ -406,11 +405,7 @@ def _meta(config: ClassifyConfig) -> dict:
     meta.update(
         lrs=list(config.lrs),
         protocol=" ".join(__doc__.split("\n\n")[1].split()),
-        versions={
-            "hvadam": hvadam.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        versions=versions(),
     )
     return meta
 

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import pickle
-import platform
 import statistics
 import tarfile
 import time
@@ -37,7 +36,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import hvadam
 from hvadam_bench import gan_metrics, plots
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.report import fmt, table
@@ -49,6 +47,7 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
+    versions,
 )
 from hvadam_bench.training import (
     Checkpointer,
@@ -955,11 +954,7 @@ def _meta(config: GanConfig) -> dict:
     meta.update(
         protocol=" ".join(__doc__.split("\n\n")[1].split()),
         fail_ratio=FAIL_RATIO,
-        versions={
-            "hvadam": hvadam.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        versions=versions(),
     )
     return meta
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -26,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
@@ -40,6 +38,7 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
+    versions,
 )
 from hvadam_bench.training import (
     Checkpointer,
@@ -497,11 +496,7 @@ def meta(config: LMConfig, corpus: Corpus, timing: dict, protocol: str) -> dict:
             len(corpus.vocabulary),
         ),
         "timing": timing,
-        "versions": {
-            "hvadam": hvadam.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": versions(),
     }
 
 

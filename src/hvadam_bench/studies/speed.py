@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.report import fmt, table
@@ -34,6 +33,7 @@ from hvadam_bench.runner import (
     names,
     numbers,
     prepare_output,
+    versions,
 )
 
 FLOATS_PER_PARAM = {"hvadam": 12, "adam": 7}  # floats a step must read and write
@@ -82,6 +82,8 @@ class SpeedConfig:
         unknown = [name for name in self.optimizers if name not in OPTIMIZERS]
         if unknown:
             raise BenchError(f"unknown optimizer {unknown[0]!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.tensors < 1 or self.rounds < 1:
+            raise BenchError("--tensors and --rounds must be at least 1")
         if not self.sizes or min(self.sizes) < self.tensors:
             raise BenchError(f"sizes must be at least the number of tensors ({self.tensors})")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
@@ -167,8 +169,7 @@ def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
             **asdict(config),
             "copy_bandwidth_GBps": bandwidth / 1e9,
             "threads": torch.get_num_threads(),
-            "versions": {"hvadam": hvadam.__version__, "torch": torch.__version__,
-                         "python": platform.python_version()},
+            "versions": versions(),
             "machine": platform.processor() or platform.machine(),
         },
         "sizes": {},

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-import hvadam
 from hvadam import HVAdam
 from hvadam_bench import plots
 from hvadam_bench.batched import run_batch
@@ -38,6 +36,7 @@ from hvadam_bench.runner import (
     numbers,
     prepare_output,
     progress,
+    versions,
 )
 
 GAP_FLOOR = 1e-12  # relative gaps below this count as solved (float64 round-off level)
@@ -189,11 +188,7 @@ def _meta(config: ValleyConfig) -> dict:
         protocol=__doc__.split("\n\n")[1].replace("\n", " "),
         criterion="mean over steps 1..T and starts of log10 relative gap (lower is better)",
         tie_decades=TIE,
-        versions={
-            "hvadam": hvadam.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
+        versions=versions(),
     )
     return meta
 

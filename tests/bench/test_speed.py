@@ -1,0 +1,47 @@
+"""``hvadam-bench speed`` end to end on a tiny model, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hvadam_bench.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_times_every_optimizer_and_writes_json_report_and_plot(tmp_path):
+    names = ["hvadam_single", "hvadam_foreach", "adam_loop", "adabelief_pytorch"]
+    args = ["speed", "--sizes", "2000,4000", "--tensors", "10", "--rounds", "2"]
+    assert main([*args, "--optimizers", ",".join(names), "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "speed.json").read_text())
+    assert list(results["sizes"]) == ["2000", "4000"]
+    assert results["meta"]["copy_bandwidth_GBps"] > 0
+    for entries in results["sizes"].values():
+        assert list(entries) == names
+        for name, entry in entries.items():
+            assert len(entry["times_ms"]) == 2 * 3  # rounds x steps per round, interleaved
+            assert entry["median_ms"] > 0 and entry["floor_ms"] > 0
+            expected_state = 12 if name.startswith("hvadam") else 8  # m, s, v / m, v in fp32
+            assert entry["state_bytes_per_param"] == pytest.approx(expected_state, rel=0.01)
+        assert entries["adam_loop"]["ratio_to_adam_loop"] == 1
+        assert "ratio_to_adam_fused" not in entries["adam_loop"]  # fused Adam was not run
+    report = (tmp_path / "report.md").read_text()
+    assert "## 0.002M parameters" in report and "hvadam_foreach" in report
+    assert (tmp_path / "speed.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--optimizers", "sgd"], "unknown optimizer 'sgd'"),
+        (["--sizes", "50"], "at least the number of tensors"),
+        (["--rounds", "0"], "at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    assert main(["speed", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "speed.json").exists()
