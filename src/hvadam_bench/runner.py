@@ -148,6 +148,12 @@ def versions() -> dict[str, str]:
     }
 
 
+def default_jobs(preset: str) -> int:
+    """Worker processes a training suite uses unless told: both cores (at most 2) for the CPU
+    preset, one process (on the accelerator) for ``--full``."""
+    return min(2, os.cpu_count() or 1) if preset == "quick" else 1
+
+
 def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 

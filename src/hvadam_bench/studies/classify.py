@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ from hvadam_bench.runner import (
     atomic_write_json,
     atomic_write_text,
     common_arguments,
+    default_jobs,
     names,
     numbers,
     prepare_output,
@@ -110,7 +110,7 @@ class ClassifyConfig:
         if name == "quick":
             return cls(
                 tasks=list(OFFLINE_TASKS), optimizers=list(DEFAULT_OPTIMIZERS),
-                lrs=(1e-3, 1e-2, 1e-1), seeds=3, threads=1, jobs=min(2, os.cpu_count() or 1),
+                lrs=(1e-3, 1e-2, 1e-1), seeds=3, threads=1, jobs=default_jobs("quick"),
                 preset="quick",
             )  # fmt: skip
         return cls(

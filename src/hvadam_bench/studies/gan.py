@@ -23,7 +23,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import pickle
 import statistics
 import tarfile
@@ -44,6 +43,7 @@ from hvadam_bench.runner import (
     atomic_write_json,
     atomic_write_text,
     common_arguments,
+    default_jobs,
     names,
     numbers,
     prepare_output,
@@ -150,7 +150,7 @@ class GanConfig:
             seeds=grid["seeds"],
             preset=name,
             device="cpu" if name == "quick" else ("cuda" if torch.cuda.is_available() else "cpu"),
-            jobs=min(2, os.cpu_count() or 1) if name == "quick" else 1,
+            jobs=default_jobs(name),
         )
 
     def budget(self, dataset: str) -> Budget:

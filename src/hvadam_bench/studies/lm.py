@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import statistics
 import time
 import warnings
@@ -35,6 +34,7 @@ from hvadam_bench.runner import (
     atomic_write_json,
     atomic_write_text,
     common_arguments,
+    default_jobs,
     names,
     numbers,
     prepare_output,
@@ -1014,7 +1014,7 @@ def jobs_for(args: argparse.Namespace) -> int:
     the accelerator) for ``--full``."""
     if args.jobs is not None:
         return args.jobs
-    return min(2, os.cpu_count() or 1) if args.preset == "quick" else 1
+    return default_jobs(args.preset)
 
 
 def apply_arguments(config: LMConfig, args: argparse.Namespace) -> LMConfig:
