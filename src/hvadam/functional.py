@@ -96,7 +96,17 @@ def _in_compute_precision(segment: Segment, upcast: bool) -> tuple[Segment, list
     in its compute dtype (float32 at least, float64 when parameter or state is), plus what to
     write back after the update."""
     write_back: list[_WriteBack] = []
+    names = ("params", "grads", *STREAMS)
+    has_complex = any(p.is_complex() for p in segment.params)
+    if not upcast and not has_complex:
+        return segment, write_back
     dtypes = [compute_dtype(p.dtype, m.dtype) for p, m in zip(segment.params, segment.exp_avgs)]
+    if not has_complex and all(
+        tensor.dtype == dtypes[i]
+        for name in names
+        for i, tensor in enumerate(getattr(segment, name))
+    ):
+        return segment, write_back  # nothing to view as real or to upcast
 
     def convert(name: str) -> list[Tensor]:
         out = []
@@ -112,7 +122,6 @@ def _in_compute_precision(segment: Segment, upcast: bool) -> tuple[Segment, list
             out.append(tensor)
         return out
 
-    names = ("params", "grads", *STREAMS)
     return segment._replace(**{name: convert(name) for name in names}), write_back
 
 

@@ -293,7 +293,11 @@ class HVAdam(Optimizer):
         return implementation_for(params, group["foreach"], group["fused"])
 
     def _segment(self, group: dict[str, Any], params: list[Tensor]) -> Segment | None:
-        variant = VARIANTS[group["variant"]]
+        hidden_step = VARIANTS[group["variant"]].hidden_step
+        amsgrad = group["amsgrad"]
+        needed = _TENSOR_STATE[: 3 if hidden_step else 2] + (
+            ("max_second_moment",) if amsgrad else ()
+        )
         lists: dict[str, list[Tensor]] = {
             name: []
             for name in (
@@ -307,22 +311,23 @@ class HVAdam(Optimizer):
             )
         }
         for param in params:
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     f"HVAdam does not support sparse gradients ({self._describe(param)}); "
                     "use torch.optim.SparseAdam for sparse embeddings, "
                     "or nn.Embedding(sparse=False)"
                 )
-            state = self._param_state(param, group)
+            state = self._param_state(param, group, needed)
             lists["params"].append(param)
-            lists["grads"].append(param.grad)
+            lists["grads"].append(grad)
             lists["exp_avgs"].append(state["exp_avg"])
             lists["second_moments"].append(state["second_moment"])
-            if variant.hidden_step:
+            if hidden_step:
                 lists["hidden_vectors"].append(state["hidden_vector"])
-            if group["amsgrad"]:
+            if amsgrad:
                 lists["max_second_moments"].append(state["max_second_moment"])
             lists["steps"].append(state["step"])
         if not lists["params"]:
@@ -333,17 +338,14 @@ class HVAdam(Optimizer):
             options=_group_options(group),
         )
 
-    def _param_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """The param's state, with every entry its group's options need created lazily (which
-        also completes states loaded from older checkpoints)."""
+    def _param_state(
+        self, param: Tensor, group: dict[str, Any], needed: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """The param's state, with the ``needed`` tensors (and ``step``) created lazily, which
+        also completes states loaded from older checkpoints."""
         state = self.state[param]
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-        needed = ["exp_avg", "second_moment"]
-        if VARIANTS[group["variant"]].hidden_step:
-            needed.append("hidden_vector")
-        if group["amsgrad"]:
-            needed.append("max_second_moment")
         for key in needed:
             if key not in state:
                 state[key] = torch.zeros_like(
