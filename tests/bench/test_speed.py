@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hvadam_bench.cli import main
+from hvadam_bench.studies.speed import floor_ms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -17,7 +18,9 @@ def test_times_every_optimizer_and_writes_json_report_and_plot(tmp_path):
     assert main([*args, "--optimizers", ",".join(names), "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "speed.json").read_text())
     assert list(results["sizes"]) == ["2000", "4000"]
-    assert results["meta"]["copy_bandwidth_GBps"] > 0
+    meta = results["meta"]
+    assert meta["copy_bandwidth_GBps"] > 0 and meta["read_bandwidth_GBps"] > 0
+    assert meta["floor_ratio_hvadam_to_adam"] > 1
     for entries in results["sizes"].values():
         assert list(entries) == names
         for name, entry in entries.items():
@@ -45,3 +48,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "speed.json").exists()
+
+
+def test_floor_counts_the_reduction_pass_at_the_read_rate():
+    # 10 parameters, 1 GB/s for copies, 0.5 GB/s for reads: Adam moves 7 floats at the copy
+    # rate; HVAdam 9 at the copy rate and 3 at the read rate.
+    assert floor_ms("adam", 10, 1e9, 0.5e9) == pytest.approx(7 * 40 / 1e9 * 1e3)
+    assert floor_ms("hvadam", 10, 1e9, 0.5e9) == pytest.approx(
+        (9 * 40 / 1e9 + 3 * 40 / 0.5e9) * 1e3
+    )
+    same_rates = floor_ms("hvadam", 10, 1e9, 1e9) / floor_ms("adam", 10, 1e9, 1e9)
+    assert same_rates == pytest.approx(12 / 7)
