@@ -4,12 +4,12 @@
 Timing: for each model size, every optimizer is warmed up (the fused paths compile here; the
 cold compile time is reported), then rounds of timed steps run optimizer after optimizer, so
 that drifts of a shared machine hit all of them alike; medians are reported. Each round also
-times a large copy (one read and one write stream) and a large dot product (two read streams).
+times a large copy (one read and one write stream) and a large sum (one read stream).
 
 The bandwidth floor of a step is the bytes it must move over the bandwidth those measured in the
 same rounds: Adam's one pass, 7 floats per parameter, streams like the copy; HVAdam's update
 pass, 9 floats, does too, while its reduction pass only reads (3 floats) and so streams like the
-dot. Read-only streams are markedly slower than copies on some machines, which is why the floor
+sum. Read-only streams are markedly slower than copies on some machines, which is why the floor
 is not simply 12/7 of Adam's.
 """
 
@@ -154,12 +154,15 @@ def _state_bytes(optimizer) -> int:
 
 
 class _Streams:
-    """Times a copy (read + write) and a dot product (read only) of large tensors, once per
-    round, so that the floor follows the machine's bandwidth through the run."""
+    """Times a copy (one read and one write stream) and a sum (one read stream) of large
+    tensors once per round, so that the floor follows the machine's bandwidth through the run.
+
+    The sum, not a BLAS dot: BLAS threads keep spinning after a call and would slow whatever
+    runs next (on 2 cores, the next optimizer's step and the copy)."""
 
     def __init__(self, device: str, numel: int = 25_000_000) -> None:
-        self.x = torch.randn(numel, device=device)
-        self.y = torch.randn(numel, device=device)
+        self.source = torch.randn(numel, device=device)
+        self.target = torch.empty_like(self.source)
         self.device = device
         self.copy_s: list[float] = []
         self.read_s: list[float] = []
@@ -172,20 +175,20 @@ class _Streams:
         return time.perf_counter() - start
 
     def sample(self) -> None:
-        self.copy_s.append(self._time(lambda: self.y.copy_(self.x)))
-        self.read_s.append(self._time(lambda: torch.dot(self.x, self.y)))
+        self.copy_s.append(self._time(lambda: self.target.copy_(self.source)))
+        self.read_s.append(self._time(self.source.sum))
 
     @property
-    def bytes_moved(self) -> int:
-        return 2 * self.x.numel() * self.x.element_size()
+    def tensor_bytes(self) -> int:
+        return self.source.numel() * self.source.element_size()
 
-    def copy_bandwidth(self) -> float:
-        """Bytes per second, read and written, of the copy: median over the samples."""
-        return self.bytes_moved / statistics.median(self.copy_s)
+    def copy_samples(self) -> list[float]:
+        """Bytes per second, read and written, of each copy."""
+        return [2 * self.tensor_bytes / seconds for seconds in self.copy_s]
 
-    def read_bandwidth(self) -> float:
-        """Bytes per second read by the dot product: median over the samples."""
-        return self.bytes_moved / statistics.median(self.read_s)
+    def read_samples(self) -> list[float]:
+        """Bytes per second read by each sum."""
+        return [self.tensor_bytes / seconds for seconds in self.read_s]
 
 
 def floor_ms(family: str, size: int, copy_bw: float, read_bw: float) -> float:
@@ -250,13 +253,18 @@ def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
         del optimizers
         gc.collect()
     counter.close()
-    copy_bw, read_bw = streams.copy_bandwidth(), streams.read_bandwidth()
+    copy_bw = statistics.median(streams.copy_samples())
+    read_bw = statistics.median(streams.read_samples())
     for size, entries in results["sizes"].items():
         for name, entry in entries.items():
             entry["floor_ms"] = floor_ms(OPTIMIZERS[name][0], int(size), copy_bw, read_bw)
             entry["ratio_to_floor"] = entry["median_ms"] / entry["floor_ms"]
     results["meta"]["copy_bandwidth_GBps"] = copy_bw / 1e9
     results["meta"]["read_bandwidth_GBps"] = read_bw / 1e9
+    results["meta"]["bandwidth_samples_GBps"] = {
+        "copy": [rate / 1e9 for rate in streams.copy_samples()],
+        "read": [rate / 1e9 for rate in streams.read_samples()],
+    }
     results["meta"]["floor_ratio_hvadam_to_adam"] = floor_ms(
         "hvadam", 1, copy_bw, read_bw
     ) / floor_ms("adam", 1, copy_bw, read_bw)
@@ -277,10 +285,10 @@ def render_report(results: dict) -> str:
         f"rounds of {meta['steps_per_round']} steps. Do not edit by hand: rerun the command.",
         "",
         f"Bandwidth measured in the same rounds (medians): copy {meta['copy_bandwidth_GBps']:.1f} "
-        f"GB/s (read + write), dot product {meta['read_bandwidth_GBps']:.1f} GB/s (read only).",
+        f"GB/s (read + write), sum {meta['read_bandwidth_GBps']:.1f} GB/s (read only).",
         "Floor: the bytes a step must move at those rates. Adam's one pass moves 7 floats per "
         "parameter at the copy's rate; HVAdam's update pass moves 9 at the copy's rate and its "
-        "reduction pass reads 3 at the dot's rate. HVAdam's floor is therefore "
+        "reduction pass reads 3 at the sum's rate. HVAdam's floor is therefore "
         f"{meta['floor_ratio_hvadam_to_adam']:.2f}× Adam's on this machine "
         "(12/7 = 1.71× if reads streamed as fast as copies).",
         "",
