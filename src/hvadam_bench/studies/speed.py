@@ -9,8 +9,8 @@ times a large copy (one read and one write stream) and a large sum (one read str
 The bandwidth floor of a step is the bytes it must move over the bandwidth those measured in the
 same rounds: Adam's one pass, 7 floats per parameter, streams like the copy; HVAdam's update
 pass, 9 floats, does too, while its reduction pass only reads (3 floats) and so streams like the
-sum. Read-only streams are markedly slower than copies on some machines, which is why the floor
-is not simply 12/7 of Adam's.
+sum. Read-only streams can run slower or faster than copies, so the floor is measured rather
+than taken as 12/7 of Adam's.
 """
 
 from __future__ import annotations
@@ -202,10 +202,6 @@ def floor_ms(family: str, size: int, copy_bw: float, read_bw: float) -> float:
 def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
     config.validate()
     streams = _Streams(config.device)
-    for _ in range(3):
-        streams.sample()  # warm-up; dropped
-    streams.copy_s.clear()
-    streams.read_s.clear()
     results = {
         "meta": {
             **asdict(config),
