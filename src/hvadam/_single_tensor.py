@@ -22,8 +22,35 @@ from hvadam._common import (
 from hvadam.scope import Decision
 
 
-def _dot(x: Tensor, y: Tensor) -> Tensor:
-    return torch.dot(x.reshape(-1), y.reshape(-1))
+class _Scratch:
+    """``count`` buffers the size of a bucket's largest tensor, reused by every tensor of it.
+
+    A fresh temporary per op costs more than the op on CPU once tensors pass a few hundred kB
+    (the allocator hands large blocks back to the OS, so each one is page-faulted in again):
+    at 500k floats per tensor this halved the time of ``apply``. Under ``torch.func.vmap``,
+    which has no batching rule for ``out=``, every buffer is ``None``: ops allocate as usual.
+    """
+
+    def __init__(self, segment: Segment, indices: list[int], count: int) -> None:
+        first = segment.params[indices[0]]
+        self.count = count
+        self.buffers = None
+        if not torch._C._functorch.is_batchedtensor(first):
+            largest = max(segment.params[i].numel() for i in indices)
+            flat = torch.empty(count, largest, dtype=first.dtype, device=first.device)
+            self.buffers = flat.unbind()
+
+    def flat(self, tensor: Tensor) -> list[Tensor | None]:
+        """The buffers' first ``tensor.numel()`` elements (``None`` under vmap)."""
+        if self.buffers is None:
+            return [None] * self.count
+        return [buffer[: tensor.numel()] for buffer in self.buffers]
+
+    def like(self, tensor: Tensor) -> list[Tensor | None]:
+        """The buffers shaped as ``tensor`` (``None`` under vmap)."""
+        if self.buffers is None:
+            return [None] * self.count
+        return [buffer[: tensor.numel()].view_as(tensor) for buffer in self.buffers]
 
 
 def prepare(segment: Segment) -> Prepared:
@@ -37,6 +64,7 @@ def prepare(segment: Segment) -> Prepared:
             step.add_(1)
         scalars = step_scalars(steps, opts, segment.params[indices[0]].dtype)
         neg_bc1 = scalars.neg_bc1.unbind()
+        scratch = _Scratch(segment, indices, count=1 if opts.hidden_step else 0)
         dots = []
         for j, i in enumerate(indices):
             grad = effective_grad(segment.grads[i], segment.params[i], opts)
@@ -45,8 +73,10 @@ def prepare(segment: Segment) -> Prepared:
             if opts.hidden_step:
                 # u = m - bc1·v = bc1·(m̂ - v): the dots of m and u, divided by bc1², are this
                 # tensor's <m̂,m̂>, <m̂,m̂-v> and <m̂-v,m̂-v>.
-                u = torch.addcmul(exp_avg, segment.hidden_vectors[i], neg_bc1[j])
-                dots += [_dot(exp_avg, exp_avg), _dot(exp_avg, u), _dot(u, u)]
+                (buffer,) = scratch.flat(exp_avg)
+                m = exp_avg.reshape(-1)
+                u = torch.addcmul(m, segment.hidden_vectors[i].reshape(-1), neg_bc1[j], out=buffer)
+                dots += [torch.dot(m, m), torch.dot(m, u), torch.dot(u, u)]
         if dots:
             per_tensor = torch.stack(dots).view(-1, 3) * scalars.inv_bc1.square()[:, None]
             add_share(shares, segment.reduction_keys[indices[0]], per_tensor.sum(0))
@@ -69,6 +99,7 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             hidden_coef = decision.hidden_coef.to(device=first.device, dtype=first.dtype)
             neg_hidden_coef = hidden_coef * (-opts.lr_hidden)
 
+        scratch = _Scratch(segment, indices, count=2)
         for j, i in enumerate(indices):
             param = segment.params[i]
             grad = effective_grad(segment.grads[i], param, opts)
@@ -77,16 +108,20 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             if factor is not None:
                 param.mul_(factor)
 
+            first_buffer, second_buffer = scratch.like(param)
             if opts.hidden_moment:
                 hidden = segment.hidden_vectors[i]
-                distance = torch.sub(grad, hidden).square_()  # p = (g - v_{t-1})^2
-                noise = torch.sub(grad, exp_avg).square_()  # (g - m_t)^2
+                distance = torch.sub(grad, hidden, out=first_buffer)
+                distance.mul_(distance)  # p = (g - v_{t-1})^2 (mul_ is faster than square_)
+                noise = torch.sub(grad, exp_avg, out=second_buffer)
+                noise.mul_(noise)  # (g - m_t)^2
                 if opts.gamma != 0:
                     noise.add_(distance, alpha=opts.gamma)
                 noise.add_(opts.eps)
                 # η·p = p² / ((g-m)² + γp + ε) exceeds the dtype's range when g ≈ m but g ≠ v;
                 # saturating it keeps s finite.
-                eta_p = distance.div(noise).mul_(distance).clamp_(max=eta_p_limit(param.dtype))
+                eta_p = torch.div(distance, noise, out=second_buffer).mul_(distance)
+                eta_p.clamp_(max=eta_p_limit(param.dtype))
                 second_moment.lerp_(eta_p, 1 - opts.beta2).add_(opts.eps)
             else:
                 second_moment.mul_(opts.beta2).addcmul_(grad, grad, value=1 - opts.beta2)
@@ -97,7 +132,8 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
                 second_moment = max_second_moment
 
             # θ ← θ - lr·m̂/(√(s/bc2) + ε), as θ + m / ((√s + ε·√bc2) / (-lr·√bc2/bc1)).
-            denom = second_moment.sqrt().add_(eps_scaled[j]).div_(neg_step[j])
+            denom = torch.sqrt(second_moment, out=second_buffer)
+            denom.add_(eps_scaled[j]).div_(neg_step[j])
             param.addcdiv_(exp_avg, denom)
 
             if decision is not None:
