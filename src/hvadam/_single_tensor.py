@@ -22,6 +22,12 @@ from hvadam._common import (
 from hvadam.scope import Decision
 
 
+def _constant(value: float, like: Tensor) -> Tensor:
+    """``value`` as a 0-dim tensor: ``lerp_`` with a tensor weight runs ~20% faster on CPU than
+    with a float one, with identical results; ``addcmul`` takes ε only this way."""
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
 class _Scratch:
     """``count`` buffers the size of a bucket's largest tensor, reused by every tensor of it.
 
@@ -65,11 +71,12 @@ def prepare(segment: Segment) -> Prepared:
         scalars = step_scalars(steps, opts, segment.params[indices[0]].dtype)
         neg_bc1 = scalars.neg_bc1.unbind()
         scratch = _Scratch(segment, indices, count=1 if opts.hidden_step else 0)
+        momentum_weight = _constant(1 - opts.beta1, segment.params[indices[0]])
         dots = []
         for j, i in enumerate(indices):
             grad = effective_grad(segment.grads[i], segment.params[i], opts)
             exp_avg = segment.exp_avgs[i]
-            exp_avg.lerp_(grad, 1 - opts.beta1)
+            exp_avg.lerp_(grad, momentum_weight)
             if opts.hidden_step:
                 # u = m - bc1·v = bc1·(m̂ - v): the dots of m and u, divided by bc1², are this
                 # tensor's <m̂,m̂>, <m̂,m̂-v> and <m̂-v,m̂-v>.
@@ -100,6 +107,8 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             neg_hidden_coef = hidden_coef * (-opts.lr_hidden)
 
         scratch = _Scratch(segment, indices, count=2)
+        eps, second_moment_weight = _constant(opts.eps, first), _constant(1 - opts.beta2, first)
+        eps_per_weight = _constant(opts.eps / (1 - opts.beta2), first)
         for j, i in enumerate(indices):
             param = segment.params[i]
             grad = effective_grad(segment.grads[i], param, opts)
@@ -114,15 +123,16 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
                 distance = torch.sub(grad, hidden, out=first_buffer)
                 distance.mul_(distance)  # p = (g - v_{t-1})^2 (mul_ is faster than square_)
                 noise = torch.sub(grad, exp_avg, out=second_buffer)
-                noise.mul_(noise)  # (g - m_t)^2
+                noise = torch.addcmul(eps, noise, noise, out=second_buffer)  # (g - m_t)^2 + ε
                 if opts.gamma != 0:
                     noise.add_(distance, alpha=opts.gamma)
-                noise.add_(opts.eps)
-                # η·p = p² / ((g-m)² + γp + ε) exceeds the dtype's range when g ≈ m but g ≠ v;
-                # saturating it keeps s finite.
-                eta_p = torch.div(distance, noise, out=second_buffer).mul_(distance)
-                eta_p.clamp_(max=eta_p_limit(param.dtype))
-                second_moment.lerp_(eta_p, 1 - opts.beta2).add_(opts.eps)
+                # s ← s + (1-β2)·(η·p + ε/(1-β2) - s) is step 6 with its "+ ε" folded into the
+                # lerp's target, one pass fewer. η·p = p² / ((g-m)² + γp + ε) exceeds the dtype's
+                # range when g ≈ m but g ≠ v; saturating it keeps s finite.
+                ratio = torch.div(distance, noise, out=second_buffer)
+                target = torch.addcmul(eps_per_weight, ratio, distance, out=second_buffer)
+                target.clamp_(max=eta_p_limit(param.dtype))
+                second_moment.lerp_(target, second_moment_weight)
             else:
                 second_moment.mul_(opts.beta2).addcmul_(grad, grad, value=1 - opts.beta2)
 
