@@ -3,6 +3,11 @@ buckets of tensors that share a device, a dtype and a reduction key.
 
 Per-tensor scalars are lists of 0-dim device tensors (as in torch's capturable Adam), so the
 path never reads a value on the host.
+
+Each foreach call covers a run of tensors holding at most :data:`CHUNK_ELEMENTS` elements, and
+nothing the size of a run outlives it: the whole-list temporaries (distance, noise, η·p, the
+denominator, m̂) cost a bounded few hundred MB instead of several floats per parameter of the
+model. ``apply`` recomputes the effective gradients and m̂ rather than keeping ``prepare``'s.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ def _signed_sum(tensors: list[Tensor]) -> Tensor:
     return 2 * torch.stack(positive).sum() - torch.stack(torch._foreach_norm(tensors, 1)).sum()
 
 
+# 2^24 elements: 64 MB per fp32 temporary, large enough that a launch per run is noise on GPU.
+CHUNK_ELEMENTS = 1 << 24
+
+
 def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptions):
     if opts.maximize:
         grads = torch._foreach_neg(grads)
@@ -46,18 +55,34 @@ def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptio
     return grads
 
 
+def _runs(segment: Segment) -> list[list[int]]:
+    """Each bucket's indices cut into runs of at most :data:`CHUNK_ELEMENTS` elements (a larger
+    tensor makes a run of its own)."""
+    runs = []
+    for indices in buckets(segment):
+        run: list[int] = []
+        total = 0
+        for i in indices:
+            numel = segment.params[i].numel()
+            if run and total + numel > CHUNK_ELEMENTS:
+                runs.append(run)
+                run, total = [], 0
+            run.append(i)
+            total += numel
+        runs.append(run)
+    return runs
+
+
 def prepare(segment: Segment) -> Prepared:
-    """Steps 1 and 3 per bucket, and each bucket's share of ``(c, e, f)``."""
+    """Steps 1 and 3 per run of tensors, and each run's share of ``(c, e, f)``."""
     opts = segment.options
     shares: dict = {}
-    carry = []  # per bucket: (effective grads, m̂ or None)
-    for indices in buckets(segment):
+    for indices in _runs(segment):
         params = take(segment.params, indices)
         grads = _effective_grads(take(segment.grads, indices), params, opts)
         exp_avgs = take(segment.exp_avgs, indices)
         torch._foreach_add_(take(segment.steps, indices), 1)
         torch._foreach_lerp_(exp_avgs, grads, 1 - opts.beta1)
-        m_hats = None
         if opts.hidden_step:
             scalars = step_scalars(take(segment.steps, indices), opts, params[0].dtype)
             m_hats = torch._foreach_mul(exp_avgs, list(scalars.inv_bc1.unbind()))
@@ -70,42 +95,52 @@ def prepare(segment: Segment) -> Prepared:
                 ]
             )
             add_share(shares, segment.reduction_keys[indices[0]], share)
-        carry.append((grads, m_hats))
-    return Prepared(shares=shares, carry=carry)
+    return Prepared(shares=shares)
+
+
+def _update_second_moments(
+    grads: list[Tensor], segment: Segment, indices: list[int], opts: GroupOptions, dtype
+) -> None:
+    """Steps 4-6 for a run of tensors; the temporaries die on return."""
+    second_moments = take(segment.second_moments, indices)
+    if not opts.hidden_moment:
+        torch._foreach_mul_(second_moments, opts.beta2)
+        torch._foreach_addcmul_(second_moments, grads, grads, value=1 - opts.beta2)
+        return
+    distance = torch._foreach_sub(grads, take(segment.hidden_vectors, indices))
+    torch._foreach_mul_(distance, distance)
+    noise = torch._foreach_sub(grads, take(segment.exp_avgs, indices))
+    torch._foreach_mul_(noise, noise)
+    if opts.gamma != 0:
+        torch._foreach_add_(noise, distance, alpha=opts.gamma)
+    torch._foreach_add_(noise, opts.eps)
+    eta_p = torch._foreach_div(distance, noise)
+    del noise
+    torch._foreach_mul_(eta_p, distance)
+    del distance
+    torch._foreach_clamp_max_(eta_p, eta_p_limit(dtype))
+    torch._foreach_lerp_(second_moments, eta_p, 1 - opts.beta2)
+    torch._foreach_add_(second_moments, opts.eps)
 
 
 def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
-    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update, per bucket."""
+    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update, per run of tensors."""
     opts = segment.options
     factor = decayed_weight_factor(opts)
-    for indices, (grads, m_hats) in zip(buckets(segment), prepared.carry):
+    for indices in _runs(segment):
         params = take(segment.params, indices)
         exp_avgs = take(segment.exp_avgs, indices)
-        second_moments = take(segment.second_moments, indices)
         dtype = params[0].dtype
         scalars = step_scalars(take(segment.steps, indices), opts, dtype)
+        # Before decoupled decay touches θ (L2 decay, which reads θ, never comes with it).
+        grads = _effective_grads(take(segment.grads, indices), params, opts)
 
         if factor is not None:
             torch._foreach_mul_(params, factor)
+        _update_second_moments(grads, segment, indices, opts, dtype)
+        del grads
 
-        if opts.hidden_moment:
-            hidden = take(segment.hidden_vectors, indices)
-            distance = torch._foreach_sub(grads, hidden)
-            torch._foreach_mul_(distance, distance)
-            noise = torch._foreach_sub(grads, exp_avgs)
-            torch._foreach_mul_(noise, noise)
-            if opts.gamma != 0:
-                torch._foreach_add_(noise, distance, alpha=opts.gamma)
-            torch._foreach_add_(noise, opts.eps)
-            eta_p = torch._foreach_div(distance, noise)
-            torch._foreach_mul_(eta_p, distance)
-            torch._foreach_clamp_max_(eta_p, eta_p_limit(dtype))
-            torch._foreach_lerp_(second_moments, eta_p, 1 - opts.beta2)
-            torch._foreach_add_(second_moments, opts.eps)
-        else:
-            torch._foreach_mul_(second_moments, opts.beta2)
-            torch._foreach_addcmul_(second_moments, grads, grads, value=1 - opts.beta2)
-
+        second_moments = take(segment.second_moments, indices)
         if opts.amsgrad:
             max_second_moments = take(segment.max_second_moments, indices)
             torch._foreach_maximum_(max_second_moments, second_moments)
@@ -115,10 +150,13 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
         torch._foreach_add_(denom, list(scalars.eps_scaled.unbind()))
         torch._foreach_div_(denom, list(scalars.neg_step.unbind()))
         torch._foreach_addcdiv_(params, exp_avgs, denom)
+        del denom
 
         if decision is not None:
             hidden = take(segment.hidden_vectors, indices)
             weight = decision.v_weight.to(device=params[0].device, dtype=dtype)
             coef = decision.hidden_coef.to(device=params[0].device, dtype=dtype)
+            m_hats = torch._foreach_mul(exp_avgs, list(scalars.inv_bc1.unbind()))
             torch._foreach_lerp_(hidden, m_hats, [weight] * len(hidden))
+            del m_hats
             torch._foreach_add_(params, torch._foreach_mul(hidden, coef * (-opts.lr_hidden)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hvadam import HVAdam
+from hvadam import HVAdam, _multi_tensor
 
 PATHS = [pytest.param(False, id="single"), pytest.param(True, id="foreach")]
 
@@ -80,8 +80,13 @@ def test_maximize_makes_the_objective_go_up(foreach):
     [(torch.float64, 20, 1e-10), (torch.float32, 3, 1e-5)],
     ids=["float64", "float32"],
 )
-def test_foreach_equals_single_tensor_params_and_state(options, dtype, steps, tolerance):
+@pytest.mark.parametrize("chunk_elements", [None, 40], ids=["one_run", "runs_of_40"])
+def test_foreach_equals_single_tensor_params_and_state(
+    options, dtype, steps, tolerance, chunk_elements, monkeypatch
+):
     # HVAdam amplifies round-off (SPEC), so float32 is compared over a short horizon only.
+    if chunk_elements is not None:  # foreach calls over several runs of tensors per bucket
+        monkeypatch.setattr(_multi_tensor, "CHUNK_ELEMENTS", chunk_elements)
     models = [small_model(dtype=dtype) for _ in range(2)]
     opts = [
         HVAdam(
