@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hvadam_bench.cli import main
-from hvadam_bench.studies.speed import floor_ms
+from hvadam_bench.studies.speed import _peak_step_bytes, floor_ms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,3 +60,24 @@ def test_floor_counts_the_reduction_pass_at_the_read_rate():
     )
     same_rates = floor_ms("hvadam", 10, 1e9, 1e9) / floor_ms("adam", 10, 1e9, 1e9)
     assert same_rates == pytest.approx(12 / 7)
+
+
+class _AllocatesTemporary:
+    """A stand-in optimizer whose step allocates, fills and frees ``numel`` floats."""
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+    def step(self) -> None:
+        torch.ones(self.numel).sum()
+
+
+def test_peak_step_bytes_sees_a_temporary_that_reuses_freed_memory():
+    # Freeing a 32 MB mapped block raises glibc's mmap threshold past 16 MB, so the 16 MB
+    # temporaries come from the heap, and once freed the heap keeps them: the process's RSS
+    # would not grow when the measured step reuses that memory; the measurement must see it.
+    _AllocatesTemporary(8_000_000).step()
+    optimizer = _AllocatesTemporary(4_000_000)
+    optimizer.step()
+    assert _peak_step_bytes(optimizer, "cpu") >= 0.9 * 16_000_000
+    assert _peak_step_bytes(_AllocatesTemporary(1), "cpu") < 4_000_000
