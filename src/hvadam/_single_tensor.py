@@ -46,12 +46,6 @@ class _Scratch:
             flat = torch.empty(count, largest, dtype=first.dtype, device=first.device)
             self.buffers = flat.unbind()
 
-    def flat(self, tensor: Tensor) -> list[Tensor | None]:
-        """The buffers' first ``tensor.numel()`` elements (``None`` under vmap)."""
-        if self.buffers is None:
-            return [None] * self.count
-        return [buffer[: tensor.numel()] for buffer in self.buffers]
-
     def like(self, tensor: Tensor) -> list[Tensor | None]:
         """The buffers shaped as ``tensor`` (``None`` under vmap)."""
         if self.buffers is None:
@@ -80,8 +74,8 @@ def prepare(segment: Segment) -> Prepared:
             if opts.hidden_step:
                 # u = m - bc1·v = bc1·(m̂ - v): the dots of m and u, divided by bc1², are this
                 # tensor's <m̂,m̂>, <m̂,m̂-v> and <m̂-v,m̂-v>.
-                (buffer,) = scratch.flat(exp_avg)
                 m = exp_avg.reshape(-1)
+                (buffer,) = scratch.like(m)
                 u = torch.addcmul(m, segment.hidden_vectors[i].reshape(-1), neg_bc1[j], out=buffer)
                 dots += [torch.dot(m, m), torch.dot(m, u), torch.dot(u, u)]
         if dots:
