@@ -126,10 +126,19 @@ class _Bucket(NamedTuple):
     constants: dict
 
 
+def _on_device(value: float | Tensor, like: Tensor) -> Tensor:
+    """``value`` as a 0-dim tensor like ``like``, made by a fill on the device: a blocking
+    host-to-device copy would wait for the device's queue to drain."""
+    if torch.is_tensor(value):
+        if value.device == like.device:
+            return value.to(like.dtype)
+        value = value.item()  # a tensor lr on the host: reading it does not touch the device
+    return torch.full((), value, dtype=like.dtype, device=like.device)
+
+
 def _constants(opts: GroupOptions, like: Tensor) -> dict:
-    """The group's options as kernel arguments, in one host-to-device copy: values as tensors
-    (a change does not recompile), ``l2`` as None when there is none (so pass 1 need not read
-    θ)."""
+    """The group's options as kernel arguments: values as tensors (a change does not
+    recompile), ``l2`` as None when there is none (so pass 1 need not read θ)."""
     factor = decayed_weight_factor(opts)
     l2 = opts.decay == "l2" and opts.weight_decay != 0
     names = [
@@ -147,10 +156,7 @@ def _constants(opts: GroupOptions, like: Tensor) -> dict:
     if l2:
         names.append("l2")
         values.append(opts.weight_decay)
-    if any(torch.is_tensor(value) for value in values):  # a tensor lr
-        packed = torch.stack([torch.as_tensor(value).to(like) for value in values])
-    else:
-        packed = torch.tensor(values, dtype=like.dtype, device=like.device)
+    packed = torch.stack([_on_device(value, like) for value in values])
     constants = dict(zip(names, packed.unbind()))
     constants.setdefault("l2", None)
     return constants

@@ -132,12 +132,14 @@ def reduce_partial_sums(
     # float64 whatever the scope's dtype: every rank must all-reduce the same dtype, also a
     # rank that holds none of the scope's tensors and so cannot know that dtype.
     local_count = float(any(not key for key in shares))
-    reduced = torch.tensor([0.0, 0.0, 0.0, local_count], device=device, dtype=torch.float64)
+    # Fills, not copies of host values: a blocking host-to-device copy would wait for the device.
+    reduced = torch.zeros(4, device=device, dtype=torch.float64)
+    reduced[3].fill_(local_count)
     for key in remote:
         buffer = torch.zeros(4, device=device, dtype=torch.float64)
         if key in shares:
             buffer[:3] = shares[key]
-            buffer[3] = 1
+            buffer[3].fill_(1)
         for group in key:
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
         reduced = reduced + buffer
