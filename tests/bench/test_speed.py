@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hvadam_bench.cli import main
+from hvadam_bench.studies import speed
 from hvadam_bench.studies.speed import _peak_step_bytes, floor_ms
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,3 +82,32 @@ def test_peak_step_bytes_sees_a_temporary_that_reuses_freed_memory():
     optimizer.step()
     assert _peak_step_bytes(optimizer, "cpu") >= 0.9 * 16_000_000
     assert _peak_step_bytes(_AllocatesTemporary(1), "cpu") < 4_000_000
+
+
+def test_host_sync_check_runs_steps_under_the_error_mode_and_restores_it(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    class Syncs:
+        steps = 0
+
+        def step(self):
+            assert modes[-1] == "error"
+            self.steps += 1
+            if self.steps == 4:
+                raise RuntimeError("called a synchronizing CUDA operation\ntraceback")
+
+    class Quiet:
+        def step(self):
+            assert modes[-1] == "error"
+
+    assert speed._host_sync(Syncs(), "cuda") == "called a synchronizing CUDA operation"
+    assert modes[-1] == 0
+    assert speed._host_sync(Quiet(), "cuda") == ""
+    assert modes[-1] == 0
+    assert speed._host_sync(Quiet(), "cpu") is None
+    assert speed._sync_cell({"host_sync": ""}) == ["none"]
+    assert speed._sync_cell({"host_sync": None}) == []
+    assert 200_000_000 in speed.SpeedConfig.preset_named("full", "cuda").sizes
+    assert 200_000_000 not in speed.SpeedConfig.preset_named("full").sizes

@@ -81,9 +81,11 @@ class SpeedConfig:
     preset: str = "custom"
 
     @classmethod
-    def preset_named(cls, name: str) -> SpeedConfig:
+    def preset_named(cls, name: str, device: str = "cpu") -> SpeedConfig:
         sizes = [1_000_000, 10_000_000] if name == "quick" else [1_000_000, 10_000_000, 50_000_000]
-        return cls(sizes=sizes, optimizers=list(OPTIMIZERS), preset=name)
+        if name == "full" and device.startswith("cuda"):
+            sizes.append(200_000_000)  # the issue's 100M+ point; ~4 GB per optimizer
+        return cls(sizes=sizes, optimizers=list(OPTIMIZERS), device=device, preset=name)
 
     def validate(self) -> None:
         unknown = [name for name in self.optimizers if name not in OPTIMIZERS]
@@ -145,6 +147,26 @@ def _peak_step_bytes(optimizer, device: str) -> int | None:
     before = _rss_kib("VmRSS")
     optimizer.step()
     return max(0, _rss_kib("VmHWM") - before) * 1024
+
+
+SYNC_CHECK_STEPS = 10
+
+
+def _host_sync(optimizer, device: str) -> str | None:
+    """On CUDA: the first host-device sync among :data:`SYNC_CHECK_STEPS` steps run under
+    ``torch.cuda.set_sync_debug_mode("error")``, or ``""`` if there is none; None elsewhere."""
+    if not device.startswith("cuda"):
+        return None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(SYNC_CHECK_STEPS):
+            optimizer.step()
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return ""
 
 
 def _state_bytes(optimizer) -> int:
@@ -233,6 +255,7 @@ def run(config: SpeedConfig, out: Path, show_progress: bool = True) -> dict:
                 "first_step_s": first,
                 "state_bytes_per_param": _state_bytes(optimizer) / size,
                 "peak_step_extra_bytes": _peak_step_bytes(optimizer, config.device),
+                "host_sync": _host_sync(optimizer, config.device),
                 "times_ms": [],
             }
             optimizers[name] = optimizer
@@ -295,6 +318,13 @@ def render_report(results: dict) -> str:
         "(12/7 = 1.71× if reads streamed as fast as copies).",
         "",
     ]
+    if meta["device"].startswith("cuda"):
+        lines += [
+            f"Host-device syncs: every optimizer also ran {SYNC_CHECK_STEPS} steps under "
+            '`torch.cuda.set_sync_debug_mode("error")`; the last column gives the first sync '
+            "it raised, or none.",
+            "",
+        ]
     for size, entries in results["sizes"].items():
         lines += [f"## {int(size) / 1e6:g}M parameters", ""]
         rows = []
@@ -307,6 +337,7 @@ def render_report(results: dict) -> str:
                     fmt(e["state_bytes_per_param"]),
                     fmt(None if peak is None else peak / int(size)),
                     fmt(e["first_step_s"]),
+                    *_sync_cell(e),
                 ]
             )  # fmt: skip
         lines.append(
@@ -320,6 +351,7 @@ def render_report(results: dict) -> str:
                     "state bytes/param",
                     "peak extra bytes/param",
                     "first step s",
+                    *(["host syncs"] if meta["device"].startswith("cuda") else []),
                 ],
                 rows,
             )  # fmt: skip
@@ -327,6 +359,14 @@ def render_report(results: dict) -> str:
         lines.append("")
     lines += ["![ms per step](speed.png)", ""]
     return "\n".join(lines)
+
+
+def _sync_cell(entry: dict) -> list[str]:
+    """The host-sync column's cell: empty list on CPU (no column), else "none" or the error."""
+    sync = entry.get("host_sync")
+    if sync is None:
+        return []
+    return ["none" if sync == "" else sync.replace("|", "/")]
 
 
 HELP = "ms per step and memory against Adam, AdamW and AdaBelief"
@@ -342,10 +382,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    config = SpeedConfig.preset_named(args.preset)
+    config = SpeedConfig.preset_named(args.preset, args.device)
     if args.sizes is not None:
         config.sizes = [int(size) for size in args.sizes]
-    for name in ("optimizers", "tensors", "rounds", "device"):
+    for name in ("optimizers", "tensors", "rounds"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     config.validate()
