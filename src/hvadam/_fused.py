@@ -130,8 +130,8 @@ def _on_device(value: float | Tensor, like: Tensor) -> Tensor:
     """``value`` as a 0-dim tensor like ``like``, made by a fill on the device: a blocking
     host-to-device copy would wait for the device's queue to drain."""
     if torch.is_tensor(value):
-        if value.device == like.device:
-            return value.to(like.dtype)
+        if value.device == like.device or value.device.type != "cpu":
+            return value.to(like)
         value = value.item()  # a tensor lr on the host: reading it does not touch the device
     return torch.full((), value, dtype=like.dtype, device=like.device)
 
