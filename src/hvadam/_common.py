@@ -132,3 +132,13 @@ def compute_dtype(param_dtype: torch.dtype, state_dtype: torch.dtype) -> torch.d
         real.get(param_dtype, param_dtype), real.get(state_dtype, state_dtype)
     )
     return torch.promote_types(widest, torch.float32)
+
+
+def device_scalar(value: float | Tensor, like: Tensor) -> Tensor:
+    """``value`` as a 0-dim tensor of ``like``'s dtype and device, made by a fill there: a
+    blocking host-to-device copy would wait for the device's queue to drain."""
+    if torch.is_tensor(value):
+        if value.device == like.device or value.device.type != "cpu":
+            return value.to(like)
+        value = value.item()  # a tensor lr on the host: reading it does not touch the device
+    return torch.full((), value, dtype=like.dtype, device=like.device)

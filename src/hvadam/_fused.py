@@ -28,6 +28,7 @@ from hvadam._common import (
     buckets,
     compute_dtype,
     decayed_weight_factor,
+    device_scalar,
     eta_p_limit,
     step_scalars,
     take,
@@ -126,16 +127,6 @@ class _Bucket(NamedTuple):
     constants: dict
 
 
-def _on_device(value: float | Tensor, like: Tensor) -> Tensor:
-    """``value`` as a 0-dim tensor like ``like``, made by a fill on the device: a blocking
-    host-to-device copy would wait for the device's queue to drain."""
-    if torch.is_tensor(value):
-        if value.device == like.device or value.device.type != "cpu":
-            return value.to(like)
-        value = value.item()  # a tensor lr on the host: reading it does not touch the device
-    return torch.full((), value, dtype=like.dtype, device=like.device)
-
-
 def _constants(opts: GroupOptions, like: Tensor) -> dict:
     """The group's options as kernel arguments: values as tensors (a change does not
     recompile), ``l2`` as None when there is none (so pass 1 need not read θ)."""
@@ -156,7 +147,7 @@ def _constants(opts: GroupOptions, like: Tensor) -> dict:
     if l2:
         names.append("l2")
         values.append(opts.weight_decay)
-    packed = torch.stack([_on_device(value, like) for value in values])
+    packed = torch.stack([device_scalar(value, like) for value in values])
     constants = dict(zip(names, packed.unbind()))
     constants.setdefault("l2", None)
     return constants

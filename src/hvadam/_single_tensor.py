@@ -14,18 +14,13 @@ from hvadam._common import (
     add_share,
     buckets,
     decayed_weight_factor,
+    device_scalar,
     effective_grad,
     eta_p_limit,
     step_scalars,
     take,
 )
 from hvadam.scope import Decision
-
-
-def _constant(value: float, like: Tensor) -> Tensor:
-    """``value`` as a 0-dim tensor: ``lerp_`` with a tensor weight runs ~20% faster on CPU than
-    with a float one, with identical results; ``addcmul`` takes ε only this way."""
-    return torch.full((), value, dtype=like.dtype, device=like.device)
 
 
 class _Scratch:
@@ -65,7 +60,9 @@ def prepare(segment: Segment) -> Prepared:
         scalars = step_scalars(steps, opts, segment.params[indices[0]].dtype)
         neg_bc1 = scalars.neg_bc1.unbind()
         scratch = _Scratch(segment, indices, count=1 if opts.hidden_step else 0)
-        momentum_weight = _constant(1 - opts.beta1, segment.params[indices[0]])
+        # A 0-dim tensor weight: lerp_ runs ~20% faster on CPU with it than with a float, and
+        # gives the same bits.
+        momentum_weight = device_scalar(1 - opts.beta1, segment.params[indices[0]])
         dots = []
         for j, i in enumerate(indices):
             grad = effective_grad(segment.grads[i], segment.params[i], opts)
@@ -101,8 +98,10 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             neg_hidden_coef = hidden_coef * (-opts.lr_hidden)
 
         scratch = _Scratch(segment, indices, count=2)
-        eps, second_moment_weight = _constant(opts.eps, first), _constant(1 - opts.beta2, first)
-        eps_per_weight = _constant(opts.eps / (1 - opts.beta2), first)
+        # 0-dim tensors: addcmul takes ε only this way, and lerp_ is faster so (see prepare).
+        eps = device_scalar(opts.eps, first)
+        second_moment_weight = device_scalar(1 - opts.beta2, first)
+        eps_per_weight = device_scalar(opts.eps / (1 - opts.beta2), first)
         for j, i in enumerate(indices):
             param = segment.params[i]
             grad = effective_grad(segment.grads[i], param, opts)
