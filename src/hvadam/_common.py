@@ -34,7 +34,9 @@ class Segment(NamedTuple):
 
     All lists are aligned; ``hidden_vectors`` is empty when the variant takes no hidden step and
     ``max_second_moments`` is empty without AMSGrad. ``reduction_keys[i]`` names the process
-    groups over which tensor ``i``'s share of the inner products must be all-reduced (``()``: none).
+    groups over which tensor ``i``'s share of the inner products must be all-reduced (``()``: none);
+    ``positions[i]`` is its row among the scope's tensors whose pieces are summed across ranks
+    (:func:`hvadam.distributed.scope_layout`), or -1; ``None`` when nothing is sharded.
     """
 
     params: list[Tensor]
@@ -46,19 +48,16 @@ class Segment(NamedTuple):
     steps: list[Tensor]
     reduction_keys: list[ReductionKey]
     options: GroupOptions
+    positions: list[int] | None = None
 
 
 class Prepared(NamedTuple):
-    """What a path's first pass hands to its second: the scope shares
-    ``{(process groups, device): tensor([c, e, f])}`` and anything else the path keeps."""
+    """What a path's first pass hands to its second: per-tensor rows ``(c, e, f)``, as
+    ``[(segment indices, tensor (n, 3))]`` (every index of one entry shares a reduction key),
+    and anything else the path keeps."""
 
-    shares: dict
+    rows: list[tuple[list[int], Tensor]]
     carry: object = None
-
-
-def add_share(shares: dict, key: ReductionKey, share: Tensor) -> None:
-    slot = (key, share.device)
-    shares[slot] = shares[slot] + share if slot in shares else share
 
 
 def buckets(segment: Segment) -> list[list[int]]:
@@ -73,13 +72,26 @@ def take(tensors: list, indices: list[int]) -> list:
     return [tensors[i] for i in indices] if tensors else []
 
 
-def effective_grad(grad: Tensor, param: Tensor, opts: GroupOptions) -> Tensor:
-    """``g`` after ``maximize`` (negated) and L2 decay (``g + wd·θ``, SPEC step 2)."""
+def saturation(dtype: torch.dtype) -> float:
+    """Half the dtype's largest value, where the gradient, ``(g - m)² + γ·p + ε`` and ``η·p``
+    saturate: with every input finite and at most this large, no intermediate of the step can
+    overflow to inf, and no inf/inf can make a NaN (README, "Numerics")."""
+    return torch.finfo(dtype).max / 2
+
+
+def effective_grad(
+    grad: Tensor, param: Tensor, opts: GroupOptions, out: Tensor | None = None
+) -> Tensor:
+    """``g`` after ``maximize`` (negated) and L2 decay (``g + wd·θ``, SPEC step 2), saturated at
+    ±:func:`saturation`: a finite gradient near the dtype's maximum would otherwise overflow
+    ``g - m`` in the momentum's update. Written into ``out`` when given (never into ``grad``)."""
+    limit = saturation(param.dtype)
+    source = grad
     if opts.maximize:
-        grad = -grad
+        source = torch.neg(source, out=out)
     if opts.decay == "l2" and opts.weight_decay != 0:
-        grad = grad.add(param, alpha=opts.weight_decay)
-    return grad
+        source = torch.add(source, param, alpha=opts.weight_decay, out=out)
+    return torch.clamp(source, -limit, limit, out=out)
 
 
 def decayed_weight_factor(opts: GroupOptions) -> float | Tensor | None:
@@ -117,11 +129,6 @@ def step_scalars(steps: list[Tensor], opts: GroupOptions, dtype: torch.dtype) ->
         eps_scaled=opts.eps * bc2_sqrt,
         neg_step=-opts.lr * bc2_sqrt / bc1,
     )
-
-
-def eta_p_limit(dtype: torch.dtype) -> float:
-    """Where η·p saturates: half the dtype's max, so the EMA of it cannot round up to inf."""
-    return torch.finfo(dtype).max / 2
 
 
 def compute_dtype(param_dtype: torch.dtype, state_dtype: torch.dtype) -> torch.dtype:

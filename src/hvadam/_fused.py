@@ -24,12 +24,11 @@ from hvadam._common import (
     Prepared,
     Segment,
     StepScalars,
-    add_share,
     buckets,
     compute_dtype,
     decayed_weight_factor,
     device_scalar,
-    eta_p_limit,
+    saturation,
     step_scalars,
     take,
 )
@@ -46,30 +45,29 @@ GROUP = 16
 
 
 def _effective_grad(grad: Tensor, param: Tensor, dtype, sign: Tensor, l2: Tensor | None) -> Tensor:
+    """As :func:`hvadam._common.effective_grad`: signed, L2-decayed, saturated."""
     g = grad.to(dtype) * sign
     if l2 is not None:  # L2 decay reads θ in pass 1 too; without it, θ is not read there
         g = g + l2 * param.to(dtype)
-    return g
+    return torch.clamp(g, -saturation(dtype), saturation(dtype))
 
 
 def _shares(
     params, grads, exp_avgs, hiddens, one_minus_beta1, neg_bc1, inv_bc1, sign, l2, *, dtype
 ):
-    """The group's ``Σ (<m,m>, <m,u>, <u,u>) / bc1²``, with ``m`` the updated momentum (not
-    stored) and ``u = m - bc1·v``: a (3,) tensor. ``params`` is None unless L2 decay reads it."""
-    c = e = f = 0
+    """Each tensor's row ``(<m,m>, <m,u>, <u,u>) / bc1²``, with ``m`` the updated momentum (not
+    stored) and ``u = m - bc1·v``: an (n, 3) tensor, one output for the whole group (separate
+    outputs would cost an allocation each on every call). ``params`` is None unless L2 decay
+    reads it."""
+    rows = []
     for j, (grad, exp_avg, hidden) in enumerate(zip(grads, exp_avgs, hiddens)):
         g = _effective_grad(grad, None if params is None else params[j], dtype, sign, l2)
         m = exp_avg.to(dtype)
         m = m + one_minus_beta1 * (g - m)
         u = m + neg_bc1[j] * hidden.to(dtype)
-        # One scalar per reduction, scaled and summed here: separate per-tensor outputs would
-        # cost an allocation each on every call.
         weight = inv_bc1[j] * inv_bc1[j]
-        c = c + weight * (m * m).sum()
-        e = e + weight * (m * u).sum()
-        f = f + weight * (u * u).sum()
-    return torch.stack([c, e, f])
+        rows.append(torch.stack([(m * m).sum(), (m * u).sum(), (u * u).sum()]) * weight)
+    return torch.stack(rows)
 
 
 def _update(
@@ -89,14 +87,16 @@ def _update(
         m = exp_avg.to(dtype)
         m = m + one_minus_beta1 * (g - m)
         s = second_moment.to(dtype)
+        limit = saturation(dtype)
         if hidden_moment:
             v = hiddens[j].to(dtype)
             distance = (g - v) * (g - v)
-            noise = (g - m) * (g - m) + gamma * distance
-            eta_p = torch.clamp(distance / (noise + eps) * distance, max=eta_p_limit(dtype))
+            # Saturated as in the readable path: never inf/inf where p overflowed.
+            noise = torch.clamp((g - m) * (g - m) + eps + gamma * distance, max=limit)
+            eta_p = torch.clamp(distance / noise * distance, max=limit)
             s = s + one_minus_beta2 * (eta_p - s) + eps
         else:
-            s = s + one_minus_beta2 * (g * g - s)
+            s = s + one_minus_beta2 * (torch.clamp(g * g, max=limit) - s)
         store(second_moment, s, seeds[j] * 4 + STREAMS["second_moments"])
         if max_second_moments is not None:
             s = torch.maximum(max_second_moments[j].to(dtype), s)
@@ -159,9 +159,9 @@ def _groups(indices: list[int]) -> list[tuple[int, list[int]]]:
 
 
 def prepare(segment: Segment) -> Prepared:
-    """Step 1 (``t ← t + 1``), and pass 1: each group's share of ``(c, e, f)``."""
+    """Step 1 (``t ← t + 1``), and pass 1: each tensor's row of ``(c, e, f)``."""
     opts = segment.options
-    shares: dict = {}
+    rows = []
     carry = []
     kernel = _compiled(_shares)
     for indices in buckets(segment):
@@ -177,24 +177,25 @@ def prepare(segment: Segment) -> Prepared:
         if not opts.hidden_step:
             continue
         constants = bucket.constants
-        group_shares = [
-            kernel(
-                take(segment.params, group) if constants["l2"] is not None else None,
-                take(segment.grads, group),
-                take(segment.exp_avgs, group),
-                take(segment.hidden_vectors, group),
-                constants["one_minus_beta1"],
-                scalars.neg_bc1[start : start + len(group)],
-                scalars.inv_bc1[start : start + len(group)],
-                constants["sign"],
-                constants["l2"],
-                dtype=dtype,
+        rows += [
+            (
+                group,
+                kernel(
+                    take(segment.params, group) if constants["l2"] is not None else None,
+                    take(segment.grads, group),
+                    take(segment.exp_avgs, group),
+                    take(segment.hidden_vectors, group),
+                    constants["one_minus_beta1"],
+                    scalars.neg_bc1[start : start + len(group)],
+                    scalars.inv_bc1[start : start + len(group)],
+                    constants["sign"],
+                    constants["l2"],
+                    dtype=dtype,
+                ),
             )
             for start, group in _groups(indices)
         ]
-        share = group_shares[0] if len(group_shares) == 1 else torch.stack(group_shares).sum(0)
-        add_share(shares, segment.reduction_keys[first], share)
-    return Prepared(shares=shares, carry=carry)
+    return Prepared(rows=rows, carry=carry)
 
 
 def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:

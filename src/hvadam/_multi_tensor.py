@@ -19,28 +19,28 @@ from hvadam._common import (
     GroupOptions,
     Prepared,
     Segment,
-    add_share,
     buckets,
     decayed_weight_factor,
-    eta_p_limit,
+    saturation,
     step_scalars,
     take,
 )
 from hvadam.scope import Decision
 
 
-def _squared_norm_total(tensors: list[Tensor]) -> Tensor:
-    return torch.stack(torch._foreach_norm(tensors, 2)).square().sum()
+def _squared_norms(tensors: list[Tensor]) -> Tensor:
+    """``Σ x²`` of each tensor."""
+    return torch.stack(torch._foreach_norm(tensors, 2)).square()
 
 
-def _signed_sum(tensors: list[Tensor]) -> Tensor:
-    """``Σ x`` over every element of every tensor, as ``2·Σ max(x, 0) - Σ|x|``.
+def _sums(tensors: list[Tensor]) -> Tensor:
+    """``Σ x`` of each tensor, as ``2·Σ max(x, 0) - Σ|x|``.
 
     foreach offers norms only. The rounding error of this form is bounded by ``ε·Σ|x|``, the
     same bound a direct dot product has, so no accuracy is lost.
     """
-    positive = torch._foreach_norm(torch._foreach_clamp_min(tensors, 0.0), 1)
-    return 2 * torch.stack(positive).sum() - torch.stack(torch._foreach_norm(tensors, 1)).sum()
+    positive = torch.stack(torch._foreach_norm(torch._foreach_clamp_min(tensors, 0.0), 1))
+    return 2 * positive - torch.stack(torch._foreach_norm(tensors, 1))
 
 
 # 2^24 elements: 64 MB per fp32 temporary, large enough that a launch per run is noise on GPU.
@@ -48,10 +48,18 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptions):
+    """The gradients after ``maximize`` and L2 decay, saturated as
+    :func:`hvadam._common.effective_grad` saturates them (new tensors, never the grads)."""
+    limit = saturation(params[0].dtype)
     if opts.maximize:
         grads = torch._foreach_neg(grads)
     if opts.decay == "l2" and opts.weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=opts.weight_decay)
+    if opts.maximize or opts.decay == "l2" and opts.weight_decay != 0:
+        torch._foreach_clamp_min_(grads, -limit)
+    else:
+        grads = torch._foreach_clamp_min(grads, -limit)
+    torch._foreach_clamp_max_(grads, limit)
     return grads
 
 
@@ -74,9 +82,9 @@ def _runs(segment: Segment) -> list[list[int]]:
 
 
 def prepare(segment: Segment) -> Prepared:
-    """Steps 1 and 3 per run of tensors, and each run's share of ``(c, e, f)``."""
+    """Steps 1 and 3 per run of tensors, and each tensor's row of ``(c, e, f)``."""
     opts = segment.options
-    shares: dict = {}
+    rows = []
     for indices in _runs(segment):
         params = take(segment.params, indices)
         grads = _effective_grads(take(segment.grads, indices), params, opts)
@@ -87,15 +95,16 @@ def prepare(segment: Segment) -> Prepared:
             scalars = step_scalars(take(segment.steps, indices), opts, params[0].dtype)
             m_hats = torch._foreach_mul(exp_avgs, list(scalars.inv_bc1.unbind()))
             diffs = torch._foreach_sub(m_hats, take(segment.hidden_vectors, indices))
-            share = torch.stack(
+            run_rows = torch.stack(
                 [
-                    _squared_norm_total(m_hats),
-                    _signed_sum(torch._foreach_mul(m_hats, diffs)),
-                    _squared_norm_total(diffs),
-                ]
+                    _squared_norms(m_hats),
+                    _sums(torch._foreach_mul(m_hats, diffs)),
+                    _squared_norms(diffs),
+                ],
+                dim=1,
             )
-            add_share(shares, segment.reduction_keys[indices[0]], share)
-    return Prepared(shares=shares)
+            rows.append((indices, run_rows))
+    return Prepared(rows=rows)
 
 
 def _update_second_moments(
@@ -103,9 +112,11 @@ def _update_second_moments(
 ) -> None:
     """Steps 4-6 for a run of tensors; the temporaries die on return."""
     second_moments = take(segment.second_moments, indices)
+    limit = saturation(dtype)
     if not opts.hidden_moment:
-        torch._foreach_mul_(second_moments, opts.beta2)
-        torch._foreach_addcmul_(second_moments, grads, grads, value=1 - opts.beta2)
+        squared = torch._foreach_mul(grads, grads)
+        torch._foreach_clamp_max_(squared, limit)  # saturated, as η·p is
+        torch._foreach_lerp_(second_moments, squared, 1 - opts.beta2)
         return
     distance = torch._foreach_sub(grads, take(segment.hidden_vectors, indices))
     torch._foreach_mul_(distance, distance)
@@ -114,11 +125,12 @@ def _update_second_moments(
     if opts.gamma != 0:
         torch._foreach_add_(noise, distance, alpha=opts.gamma)
     torch._foreach_add_(noise, opts.eps)
+    torch._foreach_clamp_max_(noise, limit)  # no inf/inf where p overflowed
     eta_p = torch._foreach_div(distance, noise)
     del noise
     torch._foreach_mul_(eta_p, distance)
     del distance
-    torch._foreach_clamp_max_(eta_p, eta_p_limit(dtype))
+    torch._foreach_clamp_max_(eta_p, limit)
     torch._foreach_lerp_(second_moments, eta_p, 1 - opts.beta2)
     torch._foreach_add_(second_moments, opts.eps)
 

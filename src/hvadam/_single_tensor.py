@@ -11,12 +11,11 @@ from torch import Tensor
 from hvadam._common import (
     Prepared,
     Segment,
-    add_share,
     buckets,
     decayed_weight_factor,
     device_scalar,
     effective_grad,
-    eta_p_limit,
+    saturation,
     step_scalars,
     take,
 )
@@ -49,36 +48,38 @@ class _Scratch:
 
 
 def prepare(segment: Segment) -> Prepared:
-    """Steps 1 and 3 (``t ← t + 1``, ``m ← β1·m + (1-β1)·g``) for every tensor, and the shares
-    of ``(c, e, f)``."""
+    """Steps 1 and 3 (``t ← t + 1``, ``m ← β1·m + (1-β1)·g``) for every tensor, and each
+    tensor's row of ``(c, e, f)``."""
     opts = segment.options
-    shares: dict = {}
+    rows = []
     for indices in buckets(segment):
         steps = take(segment.steps, indices)
         for step in steps:  # t ← t + 1 (a loop, not foreach, so that the step can be vmapped)
             step.add_(1)
         scalars = step_scalars(steps, opts, segment.params[indices[0]].dtype)
         neg_bc1 = scalars.neg_bc1.unbind()
-        scratch = _Scratch(segment, indices, count=1 if opts.hidden_step else 0)
+        scratch = _Scratch(segment, indices, count=2 if opts.hidden_step else 1)
         # A 0-dim tensor weight: lerp_ runs ~20% faster on CPU with it than with a float, and
         # gives the same bits.
         momentum_weight = device_scalar(1 - opts.beta1, segment.params[indices[0]])
         dots = []
         for j, i in enumerate(indices):
-            grad = effective_grad(segment.grads[i], segment.params[i], opts)
-            exp_avg = segment.exp_avgs[i]
+            param, exp_avg = segment.params[i], segment.exp_avgs[i]
+            grad_buffer, *dot_buffer = scratch.like(param)
+            grad = effective_grad(segment.grads[i], param, opts, out=grad_buffer)
             exp_avg.lerp_(grad, momentum_weight)
             if opts.hidden_step:
                 # u = m - bc1·v = bc1·(m̂ - v): the dots of m and u, divided by bc1², are this
                 # tensor's <m̂,m̂>, <m̂,m̂-v> and <m̂-v,m̂-v>.
                 m = exp_avg.reshape(-1)
-                (buffer,) = scratch.like(m)
+                buffer = dot_buffer[0] if dot_buffer[0] is None else dot_buffer[0].reshape(-1)
                 u = torch.addcmul(m, segment.hidden_vectors[i].reshape(-1), neg_bc1[j], out=buffer)
                 dots += [torch.dot(m, m), torch.dot(m, u), torch.dot(u, u)]
         if dots:
-            per_tensor = torch.stack(dots).view(-1, 3) * scalars.inv_bc1.square()[:, None]
-            add_share(shares, segment.reduction_keys[indices[0]], per_tensor.sum(0))
-    return Prepared(shares=shares)
+            rows.append(
+                (indices, torch.stack(dots).view(-1, 3) * scalars.inv_bc1.square()[:, None])
+            )
+    return Prepared(rows=rows)
 
 
 def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
@@ -104,30 +105,36 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
         eps_per_weight = device_scalar(opts.eps / (1 - opts.beta2), first)
         for j, i in enumerate(indices):
             param = segment.params[i]
-            grad = effective_grad(segment.grads[i], param, opts)
             exp_avg = segment.exp_avgs[i]
             second_moment = segment.second_moments[i]
+            first_buffer, second_buffer = scratch.like(param)
+            grad = effective_grad(segment.grads[i], param, opts, out=first_buffer)
             if factor is not None:
                 param.mul_(factor)
 
-            first_buffer, second_buffer = scratch.like(param)
+            limit = saturation(param.dtype)
             if opts.hidden_moment:
-                hidden = segment.hidden_vectors[i]
-                distance = torch.sub(grad, hidden, out=first_buffer)
-                distance.mul_(distance)  # p = (g - v_{t-1})^2 (mul_ is faster than square_)
                 noise = torch.sub(grad, exp_avg, out=second_buffer)
                 noise = torch.addcmul(eps, noise, noise, out=second_buffer)  # (g - m_t)^2 + ε
+                distance = grad.sub_(segment.hidden_vectors[i])  # g is a copy: reuse it
+                distance.mul_(distance)  # p = (g - v_{t-1})^2 (mul_ is faster than square_)
                 if opts.gamma != 0:
                     noise.add_(distance, alpha=opts.gamma)
+                # Saturated, so that where p overflowed to inf, η·p = p·p/noise is inf (and
+                # saturates below), never inf/inf = NaN.
+                noise.clamp_(max=limit)
                 # s ← s + (1-β2)·(η·p + ε/(1-β2) - s) is step 6 with its "+ ε" folded into the
                 # lerp's target, one pass fewer. η·p = p² / ((g-m)² + γp + ε) exceeds the dtype's
                 # range when g ≈ m but g ≠ v; saturating it keeps s finite.
                 ratio = torch.div(distance, noise, out=second_buffer)
                 target = torch.addcmul(eps_per_weight, ratio, distance, out=second_buffer)
-                target.clamp_(max=eta_p_limit(param.dtype))
+                target.clamp_(max=limit)
                 second_moment.lerp_(target, second_moment_weight)
             else:
-                second_moment.mul_(opts.beta2).addcmul_(grad, grad, value=1 - opts.beta2)
+                # Adam's second moment, with g² saturated as η·p is (g² overflows from ~1e19
+                # in float32).
+                squared = torch.mul(grad, grad, out=second_buffer).clamp_(max=limit)
+                second_moment.lerp_(squared, second_moment_weight)
 
             if opts.amsgrad:
                 max_second_moment = segment.max_second_moments[i]

@@ -16,7 +16,10 @@ class ScopeDiagnostics:
     ``delta`` (δ) is the EMA of the cosine between the hidden vector and the bias-corrected
     momentum and ``delta_hat`` (δ̂) its bias-corrected value; ``hidden_step_size`` is the ``b_t``
     applied in the last step (0 when no hidden step was taken); ``steps_since_restart`` is -1
-    while a restart is pending.
+    while a restart is pending. ``nonfinite_steps`` counts the steps in which some tensor of the
+    scope was left out of the decision because its inner products were not finite (a NaN or
+    inf gradient or state, or values whose squares overflow the dtype), or ``b_t`` was not
+    finite; a healthy scope keeps it at 0.
     """
 
     scope: str
@@ -26,6 +29,7 @@ class ScopeDiagnostics:
     cosine: float
     steps_since_restart: int
     restart_count: int
+    nonfinite_steps: int
 
 
 def read_diagnostics(scopes: list[tuple[str, ScopeState]]) -> list[ScopeDiagnostics]:
@@ -51,6 +55,7 @@ def read_diagnostics(scopes: list[tuple[str, ScopeState]]) -> list[ScopeDiagnost
                 cosine=values["cosine"],
                 steps_since_restart=int(values["steps_since_restart"]),
                 restart_count=int(values["restart_count"]),
+                nonfinite_steps=int(values["nonfinite_steps"]),
             )
         )
     return diagnostics

@@ -20,7 +20,7 @@ group is initialised.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,26 +61,50 @@ def reduction_key(tensor: Tensor, scope_group: Any = None) -> ReductionKey:
     return () if scope_group is None else (scope_group,)
 
 
-def scope_reduction_keys(params: Iterable[Tensor], scope_group: Any = None) -> list[ReductionKey]:
-    """The non-local reduction keys of a scope, in an order every rank computes alike.
+class ScopeLayout(NamedTuple):
+    """How a scope's rows are reduced across ranks.
+
+    ``keys``: its non-local reduction keys, in an order every rank computes alike. ``aligned``:
+    for each key of sharded DTensors, how many tensors of the scope it covers (every rank holds
+    a piece of each, so their rows line up); ``positions``: each such DTensor's row there, by
+    ``id``.
+    """
+
+    keys: list[ReductionKey]
+    aligned: dict[ReductionKey, int]
+    positions: dict[int, int]
+
+
+def scope_layout(params: Iterable[Tensor], scope_group: Any = None) -> ScopeLayout:
+    """The :class:`ScopeLayout` of a scope's parameters.
 
     Taken from every parameter of the scope, with or without a gradient, so that a rank whose
     tensors got no gradient still joins its peers' collectives. ``(scope_group,)`` comes first
     and is present even on a rank that holds no parameter of the scope (ZeRO may leave it none).
     """
     keys: list[ReductionKey] = [] if scope_group is None else [(scope_group,)]
+    aligned: dict[ReductionKey, int] = {}
+    positions: dict[int, int] = {}
     for param in params:
         key = reduction_key(param, scope_group)
         if key and key not in keys:
             keys.append(key)
-    return keys
+        if key and _is_dtensor(param):
+            positions[id(param)] = aligned.get(key, 0)
+            aligned[key] = positions[id(param)] + 1
+    return ScopeLayout(keys, aligned, positions)
 
 
-def local_segment(segment: Segment, scope_group: Any = None) -> Segment:
+def local_segment(segment: Segment, scope_group: Any = None, layout: ScopeLayout | None = None):
     """``segment`` with each DTensor replaced by its local shard and every tensor's reduction
-    key filled in. The local shards alias the DTensors' storage, so the kernels' in-place
-    updates land in the parameters and their state."""
+    key (and, given the scope's ``layout``, its row position) filled in. The local shards alias
+    the DTensors' storage, so the kernels' in-place updates land in the parameters and their
+    state."""
     keys = [reduction_key(param, scope_group) for param in segment.params]
+    if layout is not None:
+        segment = segment._replace(
+            positions=[layout.positions.get(id(param), -1) for param in segment.params]
+        )
     dtensors = [i for i, param in enumerate(segment.params) if _is_dtensor(param)]
     if not dtensors:
         return segment._replace(reduction_keys=keys)

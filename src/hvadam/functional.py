@@ -4,7 +4,7 @@ is behind ``torch.optim.Adam``.
 A step over one scope is three pieces, each replaceable on its own:
 
 * a path's first pass (``prepare``): ``t ← t+1``, ``m ← β1·m + (1-β1)·g`` and every tensor's
-  share of ``(c, e, f) = (<m̂,m̂>, <m̂,m̂-v>, <m̂-v,m̂-v>)``;
+  row ``(c, e, f) = (<m̂,m̂>, <m̂,m̂-v>, <m̂-v,m̂-v>)``;
 * :func:`hvadam.scope.reduce_partial_sums` and :func:`hvadam.scope.decide`: the scope's totals
   and the branch-free restart / hidden-step decision;
 * the path's second pass (``apply``): the second moment, the adaptive step
@@ -26,11 +26,11 @@ from torch import Tensor
 from torch.optim.optimizer import _get_foreach_kernels_supported_devices
 
 from hvadam import _fused, _multi_tensor, _single_tensor
-from hvadam._common import GroupOptions, Prepared, Segment, add_share, compute_dtype
+from hvadam._common import GroupOptions, Prepared, Segment, compute_dtype
 from hvadam._rounding import STREAMS, store
 from hvadam._validation import VARIANTS, HiddenStepSize
-from hvadam.distributed import is_active, local_segment, scope_reduction_keys
-from hvadam.scope import Decision, ReductionKey, ScopeState, decide, reduce_partial_sums
+from hvadam.distributed import ScopeLayout, is_active, local_segment, scope_layout
+from hvadam.scope import Decision, ScopeState, decide, reduce_partial_sums
 
 __all__ = [
     "GroupOptions",
@@ -125,40 +125,67 @@ def _in_compute_precision(segment: Segment, upcast: bool) -> tuple[Segment, list
     return segment._replace(**{name: convert(name) for name in names}), write_back
 
 
+def _rows_by_key(
+    runs: Sequence[tuple[Segment, Prepared]], layout: ScopeLayout | None, device: torch.device
+) -> dict:
+    """Every tensor's row ``(c, e, f)``, gathered on ``device`` by reduction key: stacked in any
+    order for a key whose tensors each live on one rank, and at the tensor's position (zeros
+    for tensors without a gradient here) for a key of sharded pieces, so that ranks can add
+    them up row by row."""
+    gathered: dict = {}
+    for segment, prepared in runs:
+        for indices, rows in prepared.rows:
+            gathered.setdefault(segment.reduction_keys[indices[0]], []).append(
+                (segment, indices, rows.to(device))
+            )
+    by_key = {}
+    for key, parts in gathered.items():
+        if layout is None or key not in layout.aligned:
+            by_key[key] = torch.cat([rows for _, _, rows in parts])
+            continue
+        placed = [None] * layout.aligned[key]
+        for segment, indices, rows in parts:
+            for i, row in zip(indices, rows.unbind()):
+                placed[segment.positions[i]] = row
+        zero = parts[0][2].new_zeros(3)
+        by_key[key] = torch.stack([zero if row is None else row for row in placed])
+    return by_key
+
+
 def step_scope(
     segments: Sequence[tuple[Segment, str]],
     scope_state: ScopeState | None,
     options: ScopeOptions,
-    reduction_keys: Sequence[ReductionKey] = (),
+    layout: ScopeLayout | None = None,
 ) -> None:
     """One HVAdam step over a scope made of ``(segment, implementation)`` pairs.
 
-    ``scope_state`` may be ``None`` only when the variant takes no hidden step.
-    ``reduction_keys`` are the scope's non-local keys in the order all ranks share
-    (:func:`hvadam.distributed.scope_reduction_keys`); with any, ``segments`` may be empty: the
-    rank then joins the reduction with zero shares and keeps its scope state in step.
+    ``scope_state`` may be ``None`` only when the variant takes no hidden step. ``layout``
+    (:func:`hvadam.distributed.scope_layout`) says how the rows are reduced across ranks;
+    with any non-local key, ``segments`` may be empty: the rank then joins the reduction with
+    zeros and keeps its scope state in step.
     """
     runs: list[tuple[ModuleType, Segment, Prepared, list[_WriteBack]]] = []
-    shares: dict = {}
     for segment, implementation in segments:
         kernel = IMPLEMENTATIONS[implementation]
         upcast = not getattr(kernel, "UPCASTS_INSIDE", False)
         segment, write_back = _in_compute_precision(segment, upcast)
-        prepared = kernel.prepare(segment)
-        for (key, _device), share in prepared.shares.items():
-            add_share(shares, key, share)
-        runs.append((kernel, segment, prepared, write_back))
+        runs.append((kernel, segment, kernel.prepare(segment), write_back))
 
     decision: Decision | None = None
     if options.hidden_step:
         if scope_state is None:
             raise ValueError("scope_state: required when the variant takes a hidden step")
-        # One share per key: a scope spread over several devices has one per (key, device).
-        by_key: dict = {}
-        for (key, _device), share in shares.items():
-            share = share.to(scope_state.device)
-            by_key[key] = by_key[key] + share if key in by_key else share
-        sums = reduce_partial_sums(by_key, scope_state.device, scope_state.dtype, reduction_keys)
+        rows = _rows_by_key(
+            [(segment, prepared) for _, segment, prepared, _ in runs], layout, scope_state.device
+        )
+        sums = reduce_partial_sums(
+            rows,
+            scope_state.device,
+            scope_state.dtype,
+            layout.keys if layout else (),
+            layout.aligned if layout else None,
+        )
         decision = decide(
             sums,
             scope_state,
@@ -239,11 +266,10 @@ def hvadam(
         reduction_keys=[()] * len(params),
         options=options,
     )
-    reduction_keys = []
+    layout = None
     if is_active():
-        segment = local_segment(segment, scope_group)
-        if flags.hidden_step:
-            reduction_keys = scope_reduction_keys(params, scope_group)
+        layout = scope_layout(params, scope_group) if flags.hidden_step else None
+        segment = local_segment(segment, scope_group, layout)
     implementation = implementation_for(segment.params, foreach, fused)
     step_scope(
         [(segment, implementation)],
@@ -255,5 +281,5 @@ def hvadam(
             restart_threshold=restart_threshold,
             hidden_step_size=hidden_step_size,
         ),
-        reduction_keys,
+        layout,
     )

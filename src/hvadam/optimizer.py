@@ -11,23 +11,18 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 import hvadam.distributed
-from hvadam._common import GroupOptions, Segment, compute_dtype
+from hvadam import _state
+from hvadam._common import GroupOptions, Segment
 from hvadam._validation import (
     VARIANTS,
     HiddenStepSize,
     validate_global_scope,
     validate_options,
+    validate_scope_group,
 )
 from hvadam.diagnostics import ScopeDiagnostics, read_diagnostics
 from hvadam.functional import ScopeOptions, implementation_for, step_scope
 from hvadam.scope import SCOPE_KEY_PREFIX, SCOPE_KEYS, ScopeState, reduce_partial_sums
-
-# Per-parameter state tensors with the shape of the parameter.
-_TENSOR_STATE = ("exp_avg", "second_moment", "hidden_vector", "max_second_moment")
-_INTEGER_SCOPE_KEYS = (
-    SCOPE_KEY_PREFIX + "steps_since_restart",
-    SCOPE_KEY_PREFIX + "restart_count",
-)
 
 # Options added after the first release get a default here so that older checkpoints load.
 _DEFAULTS: dict[str, Any] = {
@@ -151,14 +146,7 @@ class HVAdam(Optimizer):
         try:
             validate_options(group)
             validate_global_scope(self.param_groups)
-            if group["scope"] == "tensor" and self.scope_group is not None:
-                # Under ZeRO each rank holds different tensors, so per-tensor scopes would have
-                # ranks call different numbers of collectives, and hang.
-                raise ValueError(
-                    'scope_group: cannot be combined with scope="tensor" (ranks holding '
-                    'different tensors would run different collectives); use scope="group" '
-                    'or "global"'
-                )
+            validate_scope_group(group, self.scope_group)
             for param in group["params"]:
                 _check_param(param, group)
         except ValueError:
@@ -173,7 +161,8 @@ class HVAdam(Optimizer):
                 group.setdefault(key, value)
             for param in group["params"]:
                 param_state = self.state.get(param, {})
-                if "step" in param_state and not torch.is_tensor(param_state["step"]):
+                # Very old checkpoints stored the step as a number.
+                if isinstance(param_state.get("step"), (int, float)):
                     param_state["step"] = torch.tensor(
                         float(param_state["step"]),
                         dtype=torch.float32,
@@ -182,34 +171,31 @@ class HVAdam(Optimizer):
 
     @torch._disable_dynamo
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state dict, without any ``scope_group`` entry that a wrapper copied
-        into the param groups (``ZeroRedundancyOptimizer`` forwards every keyword there): a
-        process group cannot be pickled."""
+        """The optimizer's state dict, loadable with ``torch.load(weights_only=True)``: a
+        callable ``hidden_step_size`` is saved by name (construct the optimizer with it to load
+        the dict), and a ``scope_group`` that a wrapper copied into the param groups
+        (``ZeroRedundancyOptimizer`` forwards every keyword there) is left out."""
         state_dict = super().state_dict()
-        for group in state_dict["param_groups"]:
-            group.pop("scope_group", None)
+        _state.saved_groups(state_dict["param_groups"])
         return state_dict
 
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict, keeping each state tensor in HVAdam's dtype and on the param's
-        device (``Optimizer`` would cast all of them to the param's dtype, losing the float32
-        state of bf16 parameters)."""
-        super().load_state_dict(state_dict)
-        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        for group in self.param_groups:
-            for param in group["params"]:
-                saved = state_dict["state"].get(next(saved_ids))
-                if saved is None:
-                    continue
-                state = self.state[param]
-                for key, value in saved.items():
-                    if torch.is_tensor(value):
-                        state[key] = value.to(
-                            device=param.device,
-                            dtype=_loaded_dtype(key, group, param, value),
-                            copy=True,
-                        )
+        """Load a state dict through ``torch.optim.Optimizer.load_state_dict``, its hooks and
+        ``param_names`` included, with HVAdam's rules on top: the dict (as the user's pre-hooks
+        leave it) is validated first, and nothing changes if it is wrong: options as the
+        constructor validates them, state keys of another optimizer refused, state shapes
+        checked. Options an older dict lacks keep this optimizer's values; state tensors keep
+        HVAdam's dtypes (float32 for bf16 parameters) on the parameters' devices."""
+        # Ours run last among the pre-hooks and first among the post-hooks, so the user's hooks
+        # see (and may change) the dict and the state as torch's own optimizers show them.
+        pre_hook = self.register_load_state_dict_pre_hook(_state.prepare_loaded)
+        post_hook = self.register_load_state_dict_post_hook(_state.finish_loaded, prepend=True)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            pre_hook.remove()
+            post_hook.remove()
 
     # ----------------------------------------------------------------------------- step
 
@@ -222,33 +208,37 @@ class HVAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         distributed = hvadam.distributed.is_active()
-        for anchor, members in self._scopes():
-            segments = []
-            for group, params in members:
-                segment = self._segment(group, params)
-                if segment is not None:
-                    if distributed:
-                        segment = hvadam.distributed.local_segment(segment, self.scope_group)
-                    segments.append((segment, self._implementation(group, segment.params)))
+        scopes = self._scopes()
+        self._check_step(scopes)  # before anything changes: a step that raises changes nothing
+        for anchor, members in scopes:
             group = members[0][0]
             variant = VARIANTS[group["variant"]]
-            reduction_keys = []
+            layout = None
             if distributed and variant.hidden_step:
-                reduction_keys = hvadam.distributed.scope_reduction_keys(
+                layout = hvadam.distributed.scope_layout(
                     (param for _, params in members for param in params), self.scope_group
                 )
+            segments = []
+            for member_group, params in members:
+                segment = self._segment(member_group, params)
+                if segment is not None:
+                    if distributed:
+                        segment = hvadam.distributed.local_segment(
+                            segment, self.scope_group, layout
+                        )
+                    segments.append((segment, self._implementation(member_group, segment.params)))
             # A scope reduced across ranks steps on every rank, with or without gradients here,
             # so that all ranks call the same collectives in the same order.
-            if not segments and not reduction_keys:
+            if not segments and not (layout and layout.keys):
                 continue
             if anchor is None:
                 # No parameter of the scope on this rank (ZeRO may leave a rank an empty
                 # group): no state to keep, but the peers' all-reduces need this rank's zeros.
                 device = hvadam.distributed.collective_device(
                     chain.from_iterable(g["params"] for g in self.param_groups),
-                    reduction_keys[0][0],
+                    layout.keys[0][0],
                 )
-                reduce_partial_sums({}, device, torch.float64, reduction_keys)
+                reduce_partial_sums({}, device, torch.float64, layout.keys, layout.aligned)
                 continue
             scope_state = self._scope_state(anchor, group) if variant.hidden_step else None
             step_scope(
@@ -261,7 +251,7 @@ class HVAdam(Optimizer):
                     restart_threshold=group["restart_threshold"],
                     hidden_step_size=group["hidden_step_size"],
                 ),
-                reduction_keys,
+                layout,
             )
         return loss
 
@@ -289,13 +279,55 @@ class HVAdam(Optimizer):
             scopes.append((anchor, global_members))
         return scopes
 
+    def _check_step(self, scopes: list) -> None:
+        """Raise, naming the parameter, where the step could not run on every tensor: a sparse
+        or misshapen gradient, a gradient or state on another device or of another dtype than
+        its parameter, or a scope mixing ``meta`` tensors (which hold no data) with real ones.
+        Only metadata is read: no value, no synchronisation."""
+        for _, members in scopes:
+            device_types = set()
+            for group, params in members:
+                for param in params:
+                    grad = param.grad
+                    if grad is None:
+                        continue
+                    if grad.is_sparse:
+                        raise RuntimeError(
+                            f"HVAdam does not support sparse gradients ({self._describe(param)}); "
+                            "use torch.optim.SparseAdam for sparse embeddings, "
+                            "or nn.Embedding(sparse=False)"
+                        )
+                    if grad.shape != param.shape or grad.device != param.device:
+                        raise ValueError(
+                            f"{self._describe(param)}: its gradient has shape "
+                            f"{tuple(grad.shape)} on {grad.device}, the parameter "
+                            f"{tuple(param.shape)} on {param.device}"
+                        )
+                    state = self.state.get(param)
+                    exp_avg = state.get("exp_avg") if state else None
+                    # All state tensors are made, moved and loaded together: one stands for all.
+                    if exp_avg is not None and (
+                        exp_avg.shape != param.shape
+                        or exp_avg.device != param.device
+                        or exp_avg.dtype != _state.state_dtype(group, param)
+                    ):
+                        _state.check_state(self._describe(param), param, state)
+                        _state.check_dtypes(self._describe(param), param, state, group)
+                    device_types.add(param.device.type)
+            if "meta" in device_types and len(device_types) > 1:
+                raise ValueError(
+                    f"params: a scope mixes meta tensors (which hold no data) with tensors on "
+                    f"{sorted(device_types - {'meta'})}; materialise the model "
+                    "(e.g. to_empty()) before stepping"
+                )
+
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
         return implementation_for(params, group["foreach"], group["fused"])
 
     def _segment(self, group: dict[str, Any], params: list[Tensor]) -> Segment | None:
         hidden_step = VARIANTS[group["variant"]].hidden_step
         amsgrad = group["amsgrad"]
-        needed = _TENSOR_STATE[: 3 if hidden_step else 2] + (
+        needed = _state.TENSOR_STATE[: 3 if hidden_step else 2] + (
             ("max_second_moment",) if amsgrad else ()
         )
         lists: dict[str, list[Tensor]] = {
@@ -314,12 +346,6 @@ class HVAdam(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError(
-                    f"HVAdam does not support sparse gradients ({self._describe(param)}); "
-                    "use torch.optim.SparseAdam for sparse embeddings, "
-                    "or nn.Embedding(sparse=False)"
-                )
             state = self._param_state(param, group, needed)
             lists["params"].append(param)
             lists["grads"].append(grad)
@@ -349,14 +375,16 @@ class HVAdam(Optimizer):
         for key in needed:
             if key not in state:
                 state[key] = torch.zeros_like(
-                    param, dtype=_state_dtype(group, param), memory_format=torch.preserve_format
+                    param,
+                    dtype=_state.state_dtype(group, param),
+                    memory_format=torch.preserve_format,
                 )
         return state
 
     def _scope_state(self, anchor: Tensor, group: dict[str, Any]) -> ScopeState:
         state = self.state[anchor]
         if any(key not in state for key in SCOPE_KEYS):
-            fresh = ScopeState.zeros(anchor.device, _compute_dtype(group, anchor)).to_state()
+            fresh = ScopeState.zeros(anchor.device, _state.scope_dtype(group, anchor)).to_state()
             for key, value in fresh.items():
                 state.setdefault(key, value)
         return ScopeState.from_state(state)
@@ -430,29 +458,3 @@ def _group_options(group: dict[str, Any]) -> GroupOptions:
         hidden_moment=variant.hidden_moment,
         hidden_step=variant.hidden_step,
     )
-
-
-def _state_dtype(group: dict[str, Any], param: Tensor) -> torch.dtype:
-    if param.is_complex() or group["state_dtype"] is None:
-        if param.dtype in (torch.float16, torch.bfloat16):
-            return torch.float32
-        return param.dtype
-    return group["state_dtype"]
-
-
-def _compute_dtype(group: dict[str, Any], param: Tensor) -> torch.dtype:
-    return compute_dtype(param.dtype, _state_dtype(group, param))
-
-
-def _loaded_dtype(key: str, group: dict[str, Any], param: Tensor, value: Tensor) -> torch.dtype:
-    if key == "step":
-        # float32 as torch's optimizers keep it: integers are exact up to 2^24, and the bias
-        # corrections are computed in the math dtype from it.
-        return torch.float32
-    if key in _TENSOR_STATE:
-        return _state_dtype(group, param)
-    if key in _INTEGER_SCOPE_KEYS:
-        return torch.int64
-    if key.startswith(SCOPE_KEY_PREFIX):
-        return _compute_dtype(group, param)
-    return value.dtype

@@ -4,6 +4,8 @@ One HVAdam step over a scope is three named pieces (``hvadam.functional`` compos
 
 1. *partial sums* (per kernel path): with ``m̂`` the bias-corrected momentum and ``d = m̂ - v``,
    every tensor contributes its share of ``c = <m̂, m̂>``, ``e = <m̂, d>`` and ``f = <d, d>``.
+   A tensor whose share is not finite (a NaN or inf gradient, or values whose squares overflow)
+   is left out and counted (:func:`scope_share`): one bad tensor cannot freeze its whole scope.
 2. *reduction* (:func:`reduce_partial_sums`): the shares are added up over the scope; shares of
    sharded tensors are all-reduced over the process groups that hold the other pieces.
 3. *decision* (:func:`decide`): from ``(c, e, f)`` and the scope scalars, a branch-free
@@ -32,7 +34,9 @@ class ScopeState(NamedTuple):
 
     ``steps_since_restart`` is SPEC's ``t2`` (``-1``: restart on the next step); ``delta`` is the
     EMA of the cosine. ``delta_hat``, ``cosine`` and ``hidden_step_size`` (the ``b_t`` actually
-    applied, 0 when no hidden step was taken) are kept for diagnostics only.
+    applied, 0 when no hidden step was taken) are kept for diagnostics only, as are the counts
+    ``restart_count`` and ``nonfinite_steps`` (steps in which some tensor's share was left out as
+    not finite, or ``b_t`` was not finite).
     """
 
     steps_since_restart: Tensor
@@ -41,6 +45,7 @@ class ScopeState(NamedTuple):
     cosine: Tensor
     hidden_step_size: Tensor
     restart_count: Tensor
+    nonfinite_steps: Tensor
 
     @classmethod
     def zeros(cls, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
@@ -58,6 +63,7 @@ class ScopeState(NamedTuple):
             cosine=scalar(0.0),
             hidden_step_size=scalar(0.0),
             restart_count=scalar(0, torch.int64),
+            nonfinite_steps=scalar(0, torch.int64),
         )
 
     @classmethod
@@ -82,6 +88,10 @@ class ScopeState(NamedTuple):
 ZERO_NORM_FACTOR = 32
 
 SCOPE_KEYS = tuple(SCOPE_KEY_PREFIX + name for name in ScopeState._fields)
+# The scope scalars that count (int64); the others are in the scope's compute dtype.
+INTEGER_SCOPE_KEYS = tuple(
+    SCOPE_KEY_PREFIX + name for name in ("steps_since_restart", "restart_count", "nonfinite_steps")
+)
 
 
 class Decision(NamedTuple):
@@ -100,50 +110,70 @@ class Decision(NamedTuple):
 ReductionKey = tuple
 
 
+def scope_share(rows: Tensor) -> Tensor:
+    """The share of ``n`` tensors, from their rows ``(n, 3)`` of ``(c, e, f)``: the sum of the
+    finite rows and the number of rows left out, ``(Σc, Σe, Σf, left_out)``.
+
+    A tensor whose row is not finite takes no part in the scope's decision (its own state is
+    already lost, as it would be under Adam), so the healthy tensors keep their hidden step.
+    """
+    finite = rows.isfinite().all(dim=1)
+    kept = torch.where(finite[:, None], rows, torch.zeros_like(rows)).sum(0)
+    return torch.cat([kept, (~finite).sum().to(rows.dtype).view(1)])
+
+
 def reduce_partial_sums(
-    shares: Mapping[ReductionKey, Tensor],
+    rows: Mapping[ReductionKey, Tensor],
     device: torch.device,
     dtype: torch.dtype,
     reduction_keys: Sequence[ReductionKey] = (),
+    aligned: Mapping[ReductionKey, int] | None = None,
 ) -> Tensor:
-    """Add up the scope's ``(c, e, f)`` shares: ``Σ local + Σ_k all_reduce_k(share_k)``.
+    """The scope's ``(c, e, f, left_out, n)`` from its per-tensor rows ``(c, e, f)`` by
+    reduction key: ``Σ local + Σ_k all_reduce_k(rows_k)``, rows that are not finite left out
+    (:func:`scope_share`).
 
-    Shares held by other ranks are brought in with one all-reduce of a 4-element float64 tensor
-    per distinct set of process groups (sequentially over the groups of a key), so every rank
-    ends with the same total and takes the same decision. ``reduction_keys`` lists the scope's
-    non-local keys in an order every rank shares; each is all-reduced exactly once per step,
-    with a zero share from a rank that has none, so that ranks call the same collectives in
-    the same order. Shares under keys not listed there are reduced after them.
+    Rows held by other ranks are brought in with one float64 all-reduce per key (sequentially
+    over the groups of a key), so every rank ends with the same total and takes the same
+    decision. A key in ``aligned`` (the pieces of sharded tensors) holds one row per tensor of
+    the scope, in an order all ranks share, and is all-reduced row by row *before* rows are
+    left out: a tensor non-finite in one piece is left out on every rank, as it is in a single
+    process. Any other key (tensors partitioned whole over ranks) is reduced as its finite sum.
+    ``reduction_keys`` lists the scope's non-local keys in an order every rank shares; each is
+    all-reduced exactly once per step, with zeros from a rank that has no rows, so that ranks
+    call the same collectives in the same order. Keys not listed there are reduced after them.
 
-    Returns ``(c, e, f)`` when every share is local; otherwise ``(c, e, f, n)``, where ``n``
-    counts the (rank, key) pairs that brought a share: ``n = 0`` means no tensor of the scope
+    ``n`` counts the (rank, key) pairs that brought rows: ``n = 0`` means no tensor of the scope
     had a gradient on any rank, and :func:`decide` then leaves the scope as it was.
     """
-    total = torch.zeros(3, device=device, dtype=dtype)
-    for key, share in shares.items():
-        if not key:
-            total = total + share.to(device=device, dtype=dtype)
-    remote = list(reduction_keys) + [k for k in shares if k and k not in reduction_keys]
+    aligned = aligned or {}
+    local = rows.get(())
+    total = torch.zeros(4, device=device, dtype=dtype)
+    if local is not None:
+        total = total + scope_share(local.to(device=device, dtype=dtype))
+    # Fills, not copies of host values: a blocking host-to-device copy would wait for the device.
+    taken = torch.zeros(1, device=device, dtype=dtype).fill_(float(local is not None))
+    remote = list(reduction_keys) + [k for k in rows if k and k not in reduction_keys]
     if not remote:
-        return total
+        return torch.cat([total, taken])
 
     import torch.distributed as dist
 
     # float64 whatever the scope's dtype: every rank must all-reduce the same dtype, also a
     # rank that holds none of the scope's tensors and so cannot know that dtype.
-    local_count = float(any(not key for key in shares))
-    # Fills, not copies of host values: a blocking host-to-device copy would wait for the device.
-    reduced = torch.zeros(4, device=device, dtype=torch.float64)
-    reduced[3].fill_(local_count)
     for key in remote:
-        buffer = torch.zeros(4, device=device, dtype=torch.float64)
-        if key in shares:
-            buffer[:3] = shares[key]
-            buffer[3].fill_(1)
+        size = 3 * aligned[key] if key in aligned else 4
+        buffer = torch.zeros(size + 1, device=device, dtype=torch.float64)
+        if key in rows:
+            key_rows = rows[key].to(device=device, dtype=torch.float64)
+            buffer[:size] = key_rows.reshape(-1) if key in aligned else scope_share(key_rows)
+            buffer[size].fill_(1)
         for group in key:
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
-        reduced = reduced + buffer
-    return torch.cat([total, total.new_zeros(1)]) + reduced.to(dtype)
+        share = scope_share(buffer[:size].view(-1, 3)) if key in aligned else buffer[:size]
+        total = total + share.to(dtype)
+        taken = taken + buffer[size:].to(dtype)
+    return torch.cat([total, taken])
 
 
 def hidden_step_size_of(rule: HiddenStepSize, delta: Tensor) -> Tensor:
@@ -172,14 +202,19 @@ def decide(
     ``δ̂ = δ / (1 - β2^t2)``; a hidden step of size ``b_t(δ)`` is taken unless ``δ̂`` fell
     below the restart threshold (which schedules a restart) or the cosine was degenerate
     (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0`` to working precision: nothing changes).
-    ``sums`` may carry a fourth entry, the count of shares that took part across ranks
-    (:func:`reduce_partial_sums`); when it is 0 the scope is left exactly as it was.
+    A ``b_t`` that is not finite (a user's callable) is treated as a degenerate cosine, and
+    counted in ``nonfinite_steps`` with the steps whose shares had tensors left out.
+    ``sums`` is ``(c, e, f, left_out, n)`` from :func:`reduce_partial_sums`; with ``n = 0`` (no
+    share anywhere) the scope is left exactly as it was.
     """
     state = ScopeState(*(scalar.view(()) for scalar in state))
-    c, e, f = sums[:3].unbind()
+    c, e, f, left_out, shares_taken = sums.unbind()
     zero = torch.zeros_like(c)
     t2 = state.steps_since_restart + 1
-    restarting = t2 == 0
+    # With no share on any rank, no tensor of the scope had a gradient anywhere: the scope does
+    # not step, as a single process would skip it.
+    took_part = shares_taken > 0
+    restarting = (t2 == 0) & took_part
 
     k = torch.where(f != 0, e / f, zero)
     inner = c - k * e
@@ -192,21 +227,15 @@ def decide(
     # instead of a decision drawn from rounding errors.
     zero_floor = ZERO_NORM_FACTOR * torch.finfo(c.dtype).eps
     valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > zero_floor * c)
-    took_part = None
-    if sums.numel() == 4:
-        # Reduced across ranks: sums[3] counts the shares that took part. With none, no tensor
-        # of the scope had a gradient anywhere, and the scope does not step (as a single
-        # process would skip it).
-        took_part = sums[3] > 0
-        restarting = restarting & took_part
-        valid = valid & took_part
-    accepted = valid & ~restarting
+    valid = valid & took_part & ~restarting
 
     delta = state.delta * beta2 + (1 - beta2) * cosine
     delta_hat = delta / (1 - torch.pow(beta2, t2.to(delta.dtype)))
-    wants_restart = accepted & (delta_hat < restart_threshold) if restart else zero.bool()
-    hidden = accepted & ~wants_restart
+    wants_restart = valid & (delta_hat < restart_threshold) if restart else zero.bool()
     step_size = hidden_step_size_of(hidden_step_size, delta)
+    bad_step_size = valid & ~wants_restart & ~step_size.isfinite()
+    accepted = valid & ~bad_step_size
+    hidden = accepted & ~wants_restart
 
     one = torch.ones_like(c)
     v_weight = torch.where(restarting, one, torch.where(hidden, 1 - k, zero))
@@ -221,9 +250,8 @@ def decide(
     state.delta.copy_(torch.where(restarting, zero, torch.where(accepted, delta, state.delta)))
     state.delta_hat.copy_(torch.where(accepted, delta_hat, state.delta_hat))
     state.cosine.copy_(torch.where(accepted, cosine, state.cosine))
-    if took_part is None:
-        state.hidden_step_size.copy_(hidden_coef)
-    else:
-        state.hidden_step_size.copy_(torch.where(took_part, hidden_coef, state.hidden_step_size))
+    state.hidden_step_size.copy_(torch.where(took_part, hidden_coef, state.hidden_step_size))
     state.restart_count.add_(wants_restart.to(state.restart_count.dtype))
+    nonfinite = took_part & ((left_out > 0) | bad_step_size)
+    state.nonfinite_steps.add_(nonfinite.to(state.nonfinite_steps.dtype))
     return Decision(v_weight=v_weight, hidden_coef=hidden_coef)

@@ -119,3 +119,38 @@ def run_reference(problem: CoupledValley, configs, steps: int, perturb: float = 
         ref.step(problem.grads(ref.params, t))
         trajectory.append([[p.copy() for p in group] for group in ref.params])
     return trajectory, ref
+
+
+def snapshot(opt, params) -> dict:
+    """A deep copy of everything a step may change: parameters, state and param groups."""
+    return {
+        "params": [p.detach().clone() for p in params],
+        "state": {
+            i: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()}
+            for i, p in enumerate(params)
+            if p in opt.state
+        },
+        "groups": [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+    }
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    """Two :func:`snapshot` s are identical, bit for bit (NaN equal to NaN)."""
+    assert before["groups"] == after["groups"]
+    assert len(before["params"]) == len(after["params"])
+    for a, b in zip(before["params"], after["params"]):
+        assert a.device == b.device and (a.device.type == "meta" or torch.equal(a, b))
+    assert before["state"].keys() == after["state"].keys()
+    for i, state in before["state"].items():
+        assert state.keys() == after["state"][i].keys(), f"param {i}: state keys changed"
+        for key, value in state.items():
+            other = after["state"][i][key]
+            if torch.is_tensor(value):
+                same = value.shape == other.shape and value.device == other.device
+                if same and value.device.type != "meta":
+                    same = torch.equal(value.nan_to_num(), other.nan_to_num()) and torch.equal(
+                        value.isnan(), other.isnan()
+                    )
+                assert same, f"param {i}: state {key!r} changed"
+            else:
+                assert value == other, f"param {i}: state {key!r} changed"

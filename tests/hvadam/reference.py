@@ -4,11 +4,17 @@ It shares no code with the library and follows the spec literally: the hidden ve
 formed explicitly as v' = k·v + (1-k)·m̂ over the concatenation of the scope's tensors, and
 the cosine is measured on that vector with ordinary norms (the library uses a one-pass
 algebraic form instead).
+
+It also follows the project's rule for non-finite values (README, "Numerics"): a tensor whose
+<m̂,m̂>, <m̂,m̂-v> or <m̂-v,m̂-v> is not finite is left out of the vectors the decision is
+computed on (the decision still applies to every tensor), and a b_t that is not finite is
+treated as a degenerate cosine; both count as a non-finite step.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +40,7 @@ class GroupConfig:
     maximize: bool = False
     lr_hidden: float | None = None
     restart_threshold: float = 0.1
-    hidden_step_size: tuple[float, float] = (6.0, -3.0)
+    hidden_step_size: tuple[float, float] | Callable[[float], float] = (6.0, -3.0)
     variant: str = "hvadam"
     scope: str = "group"
 
@@ -57,6 +63,7 @@ class ScopeScalars:
     delta: float = 0.0
     restarts: int = 0
     last_b: float = 0.0
+    nonfinite_steps: int = 0
 
 
 @dataclass
@@ -143,34 +150,56 @@ class ReferenceHVAdam:
         sizes = [m.size for m in m_hats]
         M = np.concatenate([m.ravel() for m in m_hats])
         V = np.concatenate([st.v.ravel() for st in states])
+        with np.errstate(all="ignore"):
+            kept = [
+                bool(np.isfinite([m.ravel() @ m.ravel(), m.ravel() @ d, d @ d]).all())
+                for m, st in zip(m_hats, states)
+                for d in [(m - st.v).ravel()]
+            ]
+        kept_elements = np.concatenate([np.full(n, keep) for n, keep in zip(sizes, kept)])
+        M_kept, V_kept = M[kept_elements], V[kept_elements]
+        left_out = not all(kept)
 
         sc.t2 += 1
         sc.last_b = 0.0
         if sc.t2 == 0:  # 9. restart: v ← m̂, δ ← 0, no hidden step
             new_v = M
             sc.delta = 0.0
+            sc.nonfinite_steps += left_out
         else:  # 10.
-            D = M - V
+            D = M_kept - V_kept
             dd = float(D @ D)
-            k = float(M @ D) / dd if dd != 0 else 0.0
-            candidate = k * V + (1 - k) * M
-            norm_v, norm_m = np.linalg.norm(candidate), np.linalg.norm(M)
+            k = float(M_kept @ D) / dd if dd != 0 else 0.0
+            candidate = k * V_kept + (1 - k) * M_kept
+            norm_v, norm_m = np.linalg.norm(candidate), np.linalg.norm(M_kept)
             with np.errstate(all="ignore"):
-                cos = float(candidate @ M) / (norm_v * norm_m)
+                cos = float(candidate @ M_kept) / (norm_v * norm_m)
             # SPEC's "|v'| = 0", at float64 working precision: the library resolves |v'|² only
             # down to 32·eps·|m̂|² (beyond that it is rounding noise), and so does this.
             negligible = norm_v**2 <= 32 * np.finfo(np.float64).eps * norm_m**2
             if not math.isfinite(cos) or abs(cos) > 1 or norm_m == 0 or negligible:
                 sc.t2 -= 1  # change nothing
+                sc.nonfinite_steps += left_out
                 return
-            sc.delta = beta2 * sc.delta + (1 - beta2) * cos
-            delta_hat = sc.delta / (1 - beta2**sc.t2)
+            delta = beta2 * sc.delta + (1 - beta2) * cos
+            delta_hat = delta / (1 - beta2**sc.t2)
             if restart and delta_hat < c0.restart_threshold:
+                sc.delta = delta
                 sc.t2 = -1
                 sc.restarts += 1
+                sc.nonfinite_steps += left_out
                 return
-            slope, intercept = c0.hidden_step_size
-            b = 10 ** (slope * sc.delta + intercept)
+            rule = c0.hidden_step_size
+            with np.errstate(all="ignore"):
+                b = float(
+                    rule(delta) if callable(rule) else np.power(10.0, rule[0] * delta + rule[1])
+                )
+            if not math.isfinite(b):
+                sc.t2 -= 1  # a b_t that is not finite changes nothing, as a degenerate cosine
+                sc.nonfinite_steps += 1
+                return
+            sc.nonfinite_steps += left_out
+            sc.delta = delta
             sc.last_b = b
             new_v = candidate
             offset = 0

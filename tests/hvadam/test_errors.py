@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from hvadam import HVAdam
+from tests.hvadam.problems import assert_unchanged, snapshot
 
 
 def params():
@@ -34,6 +35,23 @@ def params():
         ({"fixed_decay": True}, "fixed_decay"),
         ({"foreach": True, "fused": True}, "fused"),
         ({"amsgrad": "yes"}, "amsgrad"),
+        # Non-finite values (issue 12, point 6): each made NaN at step 1, or a step of 3162.
+        ({"lr": float("inf")}, "lr"),
+        ({"lr": torch.tensor(float("inf"))}, "lr"),
+        ({"lr_hidden": float("inf")}, "lr_hidden"),
+        ({"weight_decay": float("inf")}, "weight_decay"),
+        ({"eps": float("inf")}, "eps"),
+        ({"eps": 0.0}, "eps"),
+        ({"gamma": float("inf")}, "gamma"),
+        ({"restart_threshold": float("inf")}, "restart_threshold"),
+        ({"restart_threshold": float("nan")}, "restart_threshold"),
+        # b_t = 10^50 at every δ: inf in a float32 scope.
+        ({"hidden_step_size": (0.0, 50.0)}, "hidden_step_size"),
+        ({"hidden_step_size": (45.0, -3.0)}, "hidden_step_size"),
+        # Flags are bools, all of them (maximize=1 was refused, fused=1 accepted).
+        ({"fused": 1}, "fused"),
+        ({"foreach": 0}, "foreach"),
+        ({"maximize": 1}, "maximize"),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_the_argument(kwargs, name):
@@ -95,3 +113,77 @@ def test_unsupported_parameter_dtypes_are_refused(tensor, message):
 def test_state_dtype_with_complex_params_is_refused():
     with pytest.raises(ValueError, match="^state_dtype"):
         HVAdam([torch.zeros(3, dtype=torch.complex64)], state_dtype=torch.bfloat16)
+
+
+# ---------------------------------------------------------------- a failed step changes nothing
+
+
+def stepped(params, **options) -> HVAdam:
+    """An optimizer that has taken two steps on ``params`` (so it has state to lose)."""
+    opt = HVAdam(params, lr=1e-2, **options)
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    return opt
+
+
+def test_meta_and_cpu_params_in_one_scope_raise_before_any_change():
+    """Issue 12, point 8: `Cannot copy out of meta tensor` came after the cpu parameter's
+    step and momentum had already advanced."""
+    cpu = nn.Parameter(torch.zeros(3))
+    meta = nn.Parameter(torch.zeros(3, device="meta"))
+    opt = HVAdam([cpu, meta])
+    cpu.grad, meta.grad = torch.ones(3), torch.ones(3, device="meta")
+    with pytest.raises(ValueError, match=r"^params: a scope mixes meta tensors"):
+        opt.step()
+    assert cpu not in opt.state and torch.equal(cpu.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "break_it, error, message",
+    [
+        (
+            lambda ps, opt: setattr(ps[1], "grad", torch.ones(4).to_sparse()),
+            RuntimeError,
+            r"sparse",
+        ),
+        (
+            lambda ps, opt: opt.state[ps[1]].__setitem__("exp_avg", torch.zeros(5)),
+            ValueError,
+            r"state 'exp_avg' has shape \(5,\)",
+        ),
+        (  # the model moved after the optimizer stepped
+            lambda ps, opt: opt.state[ps[1]].__setitem__(
+                "exp_avg", opt.state[ps[1]]["exp_avg"].to("meta")
+            ),
+            ValueError,
+            r"state 'exp_avg' is on meta",
+        ),
+        (
+            lambda ps, opt: opt.state[ps[1]].__setitem__(
+                "exp_avg", opt.state[ps[1]]["exp_avg"].double()
+            ),
+            ValueError,
+            r"state 'exp_avg' is torch.float64",
+        ),
+    ],
+    ids=["sparse_grad", "state_shape", "state_device", "state_dtype"],
+)
+@pytest.mark.parametrize("path", [{"foreach": False}, {"foreach": True}], ids=["single", "foreach"])
+def test_a_step_that_raises_names_the_parameter_and_changes_nothing(break_it, error, message, path):
+    torch.manual_seed(0)
+    params = [
+        nn.Parameter(torch.randn(3)),
+        nn.Parameter(torch.randn(4)),
+        nn.Parameter(torch.randn(2)),
+    ]
+    opt = stepped(params, **path)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    break_it(params, opt)
+    before = snapshot(opt, params)
+    names_it = rf"(parameter 1 of param group 0.*{message}|{message}.*parameter 1 of param group 0)"
+    with pytest.raises(error, match=names_it):
+        opt.step()
+    assert_unchanged(before, snapshot(opt, params))
