@@ -1,0 +1,108 @@
+"""Run ``hvadam_jax`` on the PyTorch suite's problems (tests/hvadam/problems.py), configured by
+the reference's ``GroupConfig`` s, side by side with the float64 reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import hvadam_jax
+from tests.hvadam.problems import CoupledValley, max_deviation
+from tests.hvadam.reference import GroupConfig, ReferenceHVAdam
+
+
+def hvadam_options(config: GroupConfig) -> dict:
+    """``hvadam_jax.hvadam`` keyword arguments with the meaning of a reference group config."""
+    return dict(
+        learning_rate=config.lr,
+        b1=config.betas[0],
+        b2=config.betas[1],
+        eps=config.eps,
+        gamma=config.gamma,
+        weight_decay=config.weight_decay,
+        decoupled_weight_decay=config.decoupled_weight_decay,
+        fixed_decay=config.fixed_decay,
+        amsgrad=config.amsgrad,
+        maximize=config.maximize,
+        lr_hidden=config.lr_hidden,
+        restart_threshold=config.restart_threshold,
+        hidden_step_size=config.hidden_step_size,
+        variant=config.variant,
+    )
+
+
+def as_tree(groups: list[list[np.ndarray]], dtype=jnp.float64) -> dict:
+    """Param groups as a pytree ``{"g0": [leaf, ...], "g1": [...]}``."""
+    return {f"g{gi}": [jnp.asarray(p, dtype) for p in group] for gi, group in enumerate(groups)}
+
+
+def from_tree(tree: dict) -> list[list[np.ndarray]]:
+    return [[np.asarray(leaf, np.float64) for leaf in tree[f"g{gi}"]] for gi in range(len(tree))]
+
+
+def transformation_for(configs: list[GroupConfig], shapes) -> optax.GradientTransformation:
+    """One ``hvadam`` per scope of the reference: a param group (``scope="group"``), a tensor
+    (``"tensor"``), or all ``"global"`` groups together (which must then share every option:
+    one transformation has one set of hyperparameters)."""
+    transforms, labels = {}, {}
+    global_options = None
+    for gi, (config, group_shapes) in enumerate(zip(configs, shapes)):
+        options = hvadam_options(config)
+        if config.scope == "group":
+            transforms[f"g{gi}"] = hvadam_jax.hvadam(**options)
+            labels[f"g{gi}"] = [f"g{gi}"] * len(group_shapes)
+        elif config.scope == "tensor":
+            labels[f"g{gi}"] = [f"g{gi}t{ti}" for ti in range(len(group_shapes))]
+            for ti in range(len(group_shapes)):
+                transforms[f"g{gi}t{ti}"] = hvadam_jax.hvadam(**options)
+        else:
+            if global_options not in (None, options):
+                raise NotImplementedError("a global scope over groups with different options")
+            global_options = options
+            transforms["global"] = hvadam_jax.hvadam(**options)
+            labels[f"g{gi}"] = ["global"] * len(group_shapes)
+    return optax.multi_transform(transforms, labels)
+
+
+def stepper(transform: optax.GradientTransformation):
+    """A jitted ``(params, state, grads) -> (params, state)``."""
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+def run_jax(problem: CoupledValley, configs, steps: int, dtype=jnp.float64, perturb: float = 0.0):
+    """``steps`` steps of hvadam_jax on ``problem``; the parameters after every step."""
+    transform = transformation_for(configs, problem.shapes)
+    params = as_tree(problem.initial(), dtype)
+    params = jax.tree.map(lambda p: p + perturb, params)
+    state = transform.init(params)
+    step = stepper(transform)
+    trajectory = []
+    for t in range(1, steps + 1):
+        grads = as_tree(problem.grads(from_tree(params), t), dtype)
+        params, state = step(params, state, grads)
+        trajectory.append(from_tree(params))
+    return trajectory, state
+
+
+def run_reference(problem: CoupledValley, configs, steps: int, perturb: float = 0.0):
+    ref = ReferenceHVAdam(problem.initial(), configs)
+    for group in ref.params:
+        for p in group:
+            p += perturb
+    trajectory = []
+    for t in range(1, steps + 1):
+        ref.step(problem.grads(ref.params, t))
+        trajectory.append([[p.copy() for p in group] for group in ref.params])
+    return trajectory, ref
+
+
+def deviations(a, b) -> np.ndarray:
+    return np.array([max_deviation(x, y) for x, y in zip(a, b)])
