@@ -90,8 +90,9 @@ def _update(
         limit = saturation(dtype)
         if hidden_moment:
             v = hiddens[j].to(dtype)
-            distance = (g - v) * (g - v)
-            # Saturated as in the readable path: never inf/inf where p overflowed.
+            # p saturated too: γ is a tensor here even when 0, and 0·inf would be NaN. Where p
+            # would overflow, η·p saturates either way, so this agrees with the readable path.
+            distance = torch.clamp((g - v) * (g - v), max=limit)
             noise = torch.clamp((g - m) * (g - m) + eps + gamma * distance, max=limit)
             eta_p = torch.clamp(distance / noise * distance, max=limit)
             s = s + one_minus_beta2 * (eta_p - s) + eps

@@ -57,6 +57,9 @@ class TensorState:
     v: np.ndarray | None = None
 
 
+SATURATION = np.finfo(np.float64).max / 2
+
+
 @dataclass
 class ScopeScalars:
     t2: int = -1
@@ -118,17 +121,23 @@ class ReferenceHVAdam:
                     theta *= 1 - c.lr * c.weight_decay
                 else:
                     g = g + c.weight_decay * theta
+            # The library's saturation (README, "Numerics"): g, p, the noise term and η·p are
+            # held to half the largest float, so nothing finite overflows into inf/inf; ±inf in
+            # g saturates too, NaN passes through into this tensor's moments.
+            g = np.clip(g, -SATURATION, SATURATION)
             # 3. m ← β1·m + (1-β1)·g
             st.m = beta1 * st.m + (1 - beta1) * g
-            if hidden_moment:
-                # 4. p ← (g - v)²  (v is still v_{t-1})
-                p = (g - st.v) ** 2
-                # 5. η ← p / ((g - m)² + γ·p + ε)
-                eta = p / ((g - st.m) ** 2 + c.gamma * p + c.eps)
-                # 6. s ← β2·s + (1-β2)·η·p + ε
-                st.s = beta2 * st.s + (1 - beta2) * eta * p + c.eps
-            else:
-                st.s = beta2 * st.s + (1 - beta2) * g * g
+            with np.errstate(over="ignore", invalid="ignore"):
+                if hidden_moment:
+                    # 4. p ← (g - v)²  (v is still v_{t-1})
+                    p = np.minimum((g - st.v) ** 2, SATURATION)
+                    # 5. η ← p / ((g - m)² + γ·p + ε)
+                    noise = np.minimum((g - st.m) ** 2 + c.gamma * p + c.eps, SATURATION)
+                    # 6. s ← β2·s + (1-β2)·η·p + ε
+                    eta_p = np.minimum(p / noise * p, SATURATION)
+                    st.s = beta2 * st.s + (1 - beta2) * eta_p + c.eps
+                else:
+                    st.s = beta2 * st.s + (1 - beta2) * np.minimum(g * g, SATURATION)
             s = st.s
             if c.amsgrad:
                 st.s_max = np.maximum(st.s_max, st.s)
@@ -170,10 +179,14 @@ class ReferenceHVAdam:
             D = M_kept - V_kept
             dd = float(D @ D)
             k = float(M_kept @ D) / dd if dd != 0 else 0.0
-            candidate = k * V_kept + (1 - k) * M_kept
-            norm_v, norm_m = np.linalg.norm(candidate), np.linalg.norm(M_kept)
+            # The decision (k, cosine, b) comes from the kept tensors alone; every member of the
+            # scope still follows it, so a left-out tensor's v stays as non-finite as its m.
             with np.errstate(all="ignore"):
-                cos = float(candidate @ M_kept) / (norm_v * norm_m)
+                candidate = k * V + (1 - k) * M
+            candidate_kept = candidate[kept_elements]
+            norm_v, norm_m = np.linalg.norm(candidate_kept), np.linalg.norm(M_kept)
+            with np.errstate(all="ignore"):
+                cos = float(candidate_kept @ M_kept) / (norm_v * norm_m)
             # SPEC's "|v'| = 0", at float64 working precision: the library resolves |v'|² only
             # down to 32·eps·|m̂|² (beyond that it is rounding noise), and so does this.
             negligible = norm_v**2 <= 32 * np.finfo(np.float64).eps * norm_m**2
@@ -192,7 +205,9 @@ class ReferenceHVAdam:
             rule = c0.hidden_step_size
             with np.errstate(all="ignore"):
                 b = float(
-                    rule(delta) if callable(rule) else np.power(10.0, rule[0] * delta + rule[1])
+                    rule(np.float64(delta))
+                    if callable(rule)
+                    else np.power(10.0, rule[0] * delta + rule[1])
                 )
             if not math.isfinite(b):
                 sc.t2 -= 1  # a b_t that is not finite changes nothing, as a degenerate cosine
