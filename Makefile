@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.ready: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[bench,test]"
+	$(PY) -m pip install --quiet -e ".[bench,test,integration]"
 	touch $@
 
 # The valley study, quick preset; regenerates the committed results/valley/.
