@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from hvadam import HVAdam
@@ -185,5 +187,60 @@ def test_a_step_that_raises_names_the_parameter_and_changes_nothing(break_it, er
     before = snapshot(opt, params)
     names_it = rf"(parameter 1 of param group 0.*{message}|{message}.*parameter 1 of param group 0)"
     with pytest.raises(error, match=names_it):
+        opt.step()
+    assert_unchanged(before, snapshot(opt, params))
+
+
+def _move_state(p, opt, device):
+    for key, value in opt.state[p].items():
+        if torch.is_tensor(value) and value.dim() > 0:
+            opt.state[p][key] = value.to(device)
+
+
+def _change_dtype(p, opt, dtype):
+    p.data, p.grad = p.data.to(dtype), p.grad.to(dtype)
+
+
+# What can go wrong with one parameter between two steps. HVAdam creates, moves and loads a
+# parameter's state tensors together, so the step checks them through exp_avg alone.
+BREAKS = {
+    "sparse_grad": lambda p, opt: setattr(p, "grad", p.grad.to_sparse()),
+    "exp_avg_shape": lambda p, opt: opt.state[p].__setitem__("exp_avg", torch.zeros(7, 7)),
+    "state_on_meta": lambda p, opt: _move_state(p, opt, "meta"),
+    "param_became_float64": lambda p, opt: _change_dtype(p, opt, torch.float64),
+}
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    sizes=st.lists(st.lists(st.integers(1, 5), min_size=1, max_size=3), min_size=1, max_size=3),
+    path=st.sampled_from([{"foreach": False}, {"foreach": True}, {"fused": True}]),
+    options=st.sampled_from([{}, {"amsgrad": True}, {"scope": "global"}, {"scope": "tensor"}]),
+    steps=st.integers(1, 3),
+    damage=st.sampled_from(list(BREAKS)),
+    victim=st.integers(0, 8),
+)
+def test_any_invalid_step_raises_and_changes_nothing(
+    eager_fused, sizes, path, options, steps, damage, victim
+):
+    """Whatever is wrong with one tensor's gradient or state, in any layout and on any path,
+    step() raises and leaves every parameter, state entry and option as it was."""
+    torch.manual_seed(victim)
+    groups = [{"params": [nn.Parameter(torch.randn(n)) for n in group]} for group in sizes]
+    params = [p for g in groups for p in g["params"]]
+    opt = HVAdam(groups, lr=1e-2, **path, **options)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    BREAKS[damage](params[victim % len(params)], opt)
+    before = snapshot(opt, params)
+    with pytest.raises((ValueError, RuntimeError)):
         opt.step()
     assert_unchanged(before, snapshot(opt, params))

@@ -29,13 +29,8 @@ PATHS = [
 
 
 @pytest.fixture(autouse=True)
-def eager_fused_kernels(monkeypatch):
-    """The fused path's kernels run uncompiled here: the arithmetic is the same Python, and a
-    cold compile per dtype would cost a minute each (the compiled kernels are held to the
-    reference in test_fused.py, including a huge gradient there)."""
-    from hvadam import _fused
-
-    monkeypatch.setattr(_fused, "_compiled", lambda kernel: kernel)
+def _fused_uncompiled(eager_fused):
+    """Compiled kernels are held to the reference in test_fused.py, a huge gradient included."""
 
 
 def assert_finite(opt: HVAdam, params) -> None:
