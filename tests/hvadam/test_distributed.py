@@ -138,8 +138,18 @@ def drop_masked_grads(model: nn.Module, step: int) -> None:
             p.grad = None
 
 
-def train_single(steps: int, groups: str = "one", perturb: bool = False, path: str = "single"):
-    """The single-process run on the full batch: final parameters and diagnostics."""
+POISONED_ROWS = slice(3, 5)  # rank 1's shard of 0.weight
+
+
+def train_single(
+    steps: int,
+    groups: str = "one",
+    perturb: bool = False,
+    path: str = "single",
+    poison: bool = False,
+):
+    """The single-process run on the full batch: final parameters and diagnostics. With
+    ``poison``, the last step's gradient of 0.weight is NaN in the rows rank 1 holds."""
     model = make_model()
     params = zero_groups(model) if groups == "zero" else model.parameters()
     opt = HVAdam(params, **PATHS[path], **OPTIONS)
@@ -151,6 +161,8 @@ def train_single(steps: int, groups: str = "one", perturb: bool = False, path: s
             drop_masked_grads(model, step)
         if perturb:
             jitter(model.parameters(), seed=step)
+        if poison and step == steps - 1:
+            model[0].weight.grad[POISONED_ROWS] = float("nan")
         opt.step()
     return flat(model.parameters()), diagnostics(opt)
 
@@ -219,7 +231,7 @@ def average_plain_grads(model: nn.Module) -> None:
 
 
 def train_fsdp(
-    rank: int, steps: range, opt=None, model=None, path: str = "single"
+    rank: int, steps: range, opt=None, model=None, path: str = "single", poison: bool = False
 ) -> tuple[nn.Module, HVAdam]:
     model = model if model is not None else shard_model(make_model())
     opt = opt if opt is not None else HVAdam(model.parameters(), **PATHS[path], **OPTIONS)
@@ -228,14 +240,18 @@ def train_fsdp(
         opt.zero_grad()
         nn.functional.mse_loss(model(x), y).backward()
         average_plain_grads(model)
+        if poison and rank == 1 and step == steps[-1]:
+            model[0].weight.grad.to_local().fill_(float("nan"))  # rows 3:5 of the whole
         opt.step()
     return model, opt
 
 
-def fsdp_scenario(rank: int, tmp_path: Path, path: str, local_only: bool) -> dict:
+def fsdp_scenario(
+    rank: int, tmp_path: Path, path: str, local_only: bool, poison: bool = False
+) -> dict:
     if local_only:  # the negative control: every share stays on its rank
         hvadam.distributed.reduction_key = lambda tensor, scope_group=None: ()
-    model, opt = train_fsdp(rank, range(STEPS), path=path)
+    model, opt = train_fsdp(rank, range(STEPS), path=path, poison=poison)
     named = dict(model.named_parameters())
     return {
         "params": flat(model.parameters()),
@@ -261,6 +277,26 @@ def test_fsdp2_equals_single_process(tmp_path, path):
     restarts = results[0]["diagnostics"][0]["restart_count"]
     assert restarts >= 2
     assert restarts == reference_diagnostics[0]["restart_count"]
+
+
+def test_fsdp2_nan_in_one_shard_is_left_out_on_every_rank(tmp_path):
+    """A NaN gradient in rank 1's shard of a tensor: both ranks leave the whole tensor out of
+    the scope's decision, count it, and decide as one process does with the same NaN rows."""
+    tolerance, _, _ = tolerance_and_reference()
+    reference, reference_diagnostics = train_single(STEPS, poison=True)
+    results = spawn(tmp_path, fsdp_scenario, "single", False, True)
+    assert results[0]["diagnostics"] == results[1]["diagnostics"]
+    decided = results[0]["diagnostics"][0]
+    assert decided["nonfinite_steps"] == reference_diagnostics[0]["nonfinite_steps"] == 1
+    assert decided["restart_count"] == reference_diagnostics[0]["restart_count"]
+    assert decided["hidden_step_size"] == pytest.approx(
+        reference_diagnostics[0]["hidden_step_size"], rel=1e-6
+    )
+    healthy = torch.isfinite(reference)
+    assert not healthy.all() and torch.equal(healthy, torch.isfinite(results[0]["params"]))
+    deviation = max_deviation(results[0]["params"][healthy], reference[healthy])
+    report("FSDP2, NaN in one shard", deviation, tolerance)
+    assert deviation <= tolerance
 
 
 def test_fsdp2_with_local_reduction_would_diverge(tmp_path):
