@@ -15,6 +15,9 @@ $(VENV)/.ready: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[bench,test,integration]"
+	# timm without its dependencies: they would replace the torch above (timm needs torchvision,
+	# whose build for another torch does not import here; tests/integration/test_timm.py says so).
+	$(PY) -m pip install --quiet --no-deps "timm>=1.0.31"
 	touch $@
 
 # The valley study, quick preset; regenerates the committed results/valley/.
