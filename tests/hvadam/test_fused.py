@@ -108,6 +108,15 @@ def test_fused_bf16_params_keep_float32_state():
     state = opt.state[next(net.parameters())]
     assert state["exp_avg"].dtype == torch.float32
     assert losses[-1] < losses[0]
+    # The compiled kernels saturate as the eager ones do (test_nonfinite.py runs them eager):
+    # gradients at bf16's largest finite value leave everything finite.
+    for sign in (1, -1, 1):
+        for p in net.parameters():
+            p.grad = torch.full_like(p, sign * torch.finfo(torch.bfloat16).max)
+        opt.step()
+    for p in net.parameters():
+        assert torch.isfinite(p).all()
+        assert all(torch.isfinite(v).all() for v in opt.state[p].values() if v.dim() > 0)
 
 
 def test_stochastic_rounding_is_unbiased_and_deterministic():
@@ -153,14 +162,21 @@ def test_bf16_state_with_stochastic_rounding_keeps_small_updates(fused):
 
 
 def test_bf16_state_trains_like_float32_state():
-    nets = [model(), model()]
-    opts = [
-        HVAdam(nets[0].parameters(), lr=1e-2),
-        HVAdam(nets[1].parameters(), lr=1e-2, state_dtype=torch.bfloat16),
-    ]
-    losses = [train(net, opt, 150) for net, opt in zip(nets, opts)]
-    assert losses[1][-1] < 0.5 * losses[1][0]
-    assert losses[1][-1] < 1.5 * losses[0][-1]
+    """Judged over several seeds, by how much of the loss each run removes: the final losses
+    themselves differ by up to ~1.6x between runs that differ only in round-off (HVAdam
+    amplifies it; a bound on their ratio failed on AMD EPYC and passed on Xeon)."""
+    removed = []
+    for seed in range(3):
+        nets = [model(seed=seed), model(seed=seed)]
+        opts = [
+            HVAdam(nets[0].parameters(), lr=1e-2),
+            HVAdam(nets[1].parameters(), lr=1e-2, state_dtype=torch.bfloat16),
+        ]
+        full, low = (train(net, opt, 150) for net, opt in zip(nets, opts))
+        assert low[-1] < 0.1 * low[0]
+        removed.append((low[0] - low[-1]) / (full[0] - full[-1]))
+    # Both runs remove ~97% of the loss; bf16 state may not lose more than a tenth of that.
+    assert min(removed) > 0.9, removed
     state = opts[1].state[next(nets[1].parameters())]
     assert all(
         state[k].dtype == torch.bfloat16 for k in ("exp_avg", "second_moment", "hidden_vector")

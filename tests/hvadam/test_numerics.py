@@ -130,12 +130,13 @@ def test_low_precision_params_with_float32_state_train_like_float32(dtype):
     low, full = weights[dtype], weights[torch.float32]
     assert low.dtype == dtype and opts[dtype].state[low]["exp_avg"].dtype == torch.float32
     assert_finite(opts[dtype], [low])
-    # Rounding the stored weights perturbs every step, and HVAdam amplifies perturbations
-    # (SPEC), so the runs are compared by how far they got, not element by element.
+    # Rounding the stored weights perturbs every step, and HVAdam amplifies perturbations,
+    # so the runs are compared by how much of the loss each removed, not element by element
+    # (nor by the ratio of the final losses, which round-off alone moves by tens of percent).
     initial = ((start - target) ** 2).mean()
     low_loss, full_loss = (((w.detach().float() - target) ** 2).mean() for w in (low, full))
-    assert full_loss < 0.6 * initial
-    assert low_loss < 0.6 * initial and low_loss < 1.5 * full_loss
+    assert full_loss < 0.6 * initial and low_loss < 0.6 * initial
+    assert initial - low_loss > 0.8 * (initial - full_loss)
 
 
 def test_reductions_accumulate_in_float32_for_bfloat16_state():
