@@ -71,9 +71,12 @@ def check_state(name: str, param: Tensor, state: Mapping[str, Any], check_device
     ``check_device``, device) does not fit ``param``."""
     if not state:
         return
-    unknown = sorted(set(state) - KNOWN_STATE)
     missing = [key for key in REQUIRED_STATE if key not in state]
-    if unknown or missing:
+    # Keys HVAdam does not know are kept, as torch's optimizers keep them: wrappers such as
+    # Lookahead store their own buffers in the wrapped optimizer's state. Only the absence of
+    # HVAdam's own moments marks another optimizer's state.
+    if missing:
+        unknown = sorted(set(state) - KNOWN_STATE)
         raise ValueError(
             f"{name}: not an HVAdam state (unknown keys {unknown}, missing {missing}); "
             "a state dict of another optimizer (torch.optim.Adam has exp_avg_sq) cannot be "

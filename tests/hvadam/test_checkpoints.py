@@ -121,6 +121,22 @@ def test_a_state_dict_of_torch_adam_is_refused_naming_the_keys():
     assert_unchanged(before, snapshot(opt, list(model.parameters())))
 
 
+def test_keys_a_wrapper_adds_to_the_state_are_kept():
+    """Wrappers such as timm's Lookahead keep buffers in the wrapped optimizer's state: a
+    state with HVAdam's moments and extra keys is HVAdam's, and loads as torch's optimizers
+    load it, extra keys included."""
+    model, opt = trained()
+    for p in model.parameters():
+        opt.state[p]["slow_weights"] = p.detach().clone()
+    saved = copy.deepcopy(opt.state_dict())
+    resumed_model = small_model()
+    resumed = HVAdam(resumed_model.parameters(), lr=1e-2)
+    resumed.load_state_dict(saved)
+    for p, q in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(resumed.state[q]["slow_weights"], opt.state[p]["slow_weights"])
+    train(resumed_model, resumed, 2)  # and it steps
+
+
 def test_a_state_of_the_wrong_shape_is_refused():
     model, opt = trained()
     saved = copy.deepcopy(opt.state_dict())
