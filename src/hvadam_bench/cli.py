@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 import time
 
 from hvadam_bench.report import sections
-from hvadam_bench.runner import BenchError, atomic_write_text, prepare_output
+from hvadam_bench.runner import BenchError, atomic_write_text, prepare_output, release_locks
 
 # Every study is a module of hvadam_bench.studies with HELP, add_arguments(parser), main(args).
 STUDIES = ("valley", "speed", "lm", "ablation", "classify", "gan")
@@ -92,7 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so that workers are ended and files closed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        release_locks()
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -112,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except _Terminated:
+        print(
+            "hvadam-bench: terminated; finished results are intact, and training suites "
+            "resume from their checkpoints when run again",
+            file=sys.stderr,
+        )
+        return 143
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None
+
 
 class BenchError(Exception):
     """A problem with the user's input or environment: reported in one line, exit status 2."""
@@ -56,20 +61,26 @@ def best_index(scores: Sequence[float]) -> int:
     return min(finite)[1] if finite else 0
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+    The temporary file has a unique name, so concurrent writers never collide."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _umask() -> int:
@@ -93,16 +104,58 @@ def finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def prepare_output(directory: str | os.PathLike) -> Path:
-    """Create ``directory`` if needed and check it is writable, or raise :class:`BenchError`."""
+def prepare_output(directory: str | os.PathLike, what: str = "--out", lock: bool = True) -> Path:
+    """Create ``directory`` if needed, check it is writable and (with ``lock``) claim it for
+    this process; raise :class:`BenchError` otherwise. ``what`` names it in the message."""
+    if not str(directory).strip():
+        raise BenchError(f"{what} is empty: give a folder")
     path = Path(directory)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as error:
-        raise BenchError(f"cannot write to --out {str(path)!r}: {error.strerror}") from None
+        reason = error.strerror or type(error).__name__
+        raise BenchError(f"cannot write to {what} {str(path)!r}: {reason}") from None
+    if lock:
+        lock_directory(path, what)
     return path
+
+
+LOCK_NAME = ".hvadam-bench.lock"
+_held_locks: dict[Path, int] = {}  # folder -> descriptor of its lock file, held by this process
+
+
+def lock_directory(path: Path, what: str = "--out") -> None:
+    """Claim ``path`` for this process (an exclusive ``flock`` on a lock file in it, released
+    when the process ends), or raise :class:`BenchError` at once if another process holds
+    it: two runs writing the same trials and reports would overwrite each other's work."""
+    if fcntl is None:  # no flock (Windows): no protection, as before
+        return
+    key = Path(path).resolve()
+    if key in _held_locks:
+        return
+    descriptor = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise BenchError(
+            f"another hvadam-bench run (pid {holder}) is writing to {what} {str(path)!r}; "
+            "wait for it to finish or choose another folder"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    _held_locks[key] = descriptor
+
+
+def release_locks() -> None:
+    """Release every folder :func:`lock_directory` claimed (the command line does so when a
+    command ends, so that in-process callers such as tests can run again)."""
+    while _held_locks:
+        _, descriptor = _held_locks.popitem()
+        os.close(descriptor)  # closing the descriptor releases its flock
 
 
 def progress(iterable: Iterable, total: int, description: str, enabled: bool = True):

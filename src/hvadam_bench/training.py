@@ -15,15 +15,21 @@ its trial restarts cleanly.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import io
 import json
 import math
 import multiprocessing
+import os
 import random
 import re
+import signal
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +38,13 @@ from typing import Any
 import torch
 
 from hvadam_bench.optimizers import SPECS
-from hvadam_bench.runner import Counter, atomic_write_json, finite_or_none
+from hvadam_bench.runner import (
+    Counter,
+    atomic_write_bytes,
+    atomic_write_json,
+    finite_or_none,
+    prepare_output,
+)
 
 DEFAULT_BETA2, DEFAULT_MOMENTUM = 0.999, 0.9
 
@@ -67,69 +79,164 @@ class Interrupted(KeyboardInterrupt):
     """Raised by a :class:`TrialStore` told to stop after some checkpoints (tests of resuming)."""
 
 
-class Checkpointer:
-    """Saves and restores one trial's training state (``torch.save``, atomically)."""
+STORE_FORMAT = 2  # results and checkpoints of another format are recomputed, never trusted
+_CHECKPOINT_MAGIC = b"hvadam-bench checkpoint\n"
 
-    def __init__(self, path: Path, store: TrialStore):
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _discard(path: Path, what: str, reason: str, consequence: str) -> None:
+    """Say in one line why a stored file is not used, and remove it (if we may)."""
+    print(f"hvadam-bench: {what} {path.name} {reason}; {consequence}", file=sys.stderr)
+    path.unlink(missing_ok=True)
+
+
+class Checkpointer:
+    """Saves and restores one trial's training state.
+
+    A checkpoint file is a magic line, a JSON header line (format, the trial it belongs to,
+    the state's keys and the SHA-256 of the payload), then the payload written by
+    ``torch.save``. A file that is not this trial's, is damaged, or lacks a key the trial
+    needs is removed with one line on stderr, and the trial restarts from scratch."""
+
+    def __init__(self, path: Path, store: TrialStore, trial: Trial):
         self.path = path
         self._store = store
+        self._trial = trial
 
-    def load(self) -> dict | None:
-        """The last saved state, or None (none saved, or the file is unreadable: then it is
-        removed and the trial starts over)."""
+    def load(self, required: Iterable[str] = ()) -> dict | None:
+        """The last saved state, or None: none saved, or the file was rejected (see the class
+        docstring). ``required``: the keys the caller reads from the state."""
         if not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as error:  # any unreadable file: the trial restarts from scratch
-            print(
-                f"hvadam-bench: corrupt checkpoint {self.path.name} ({type(error).__name__}); "
-                "restarting that trial",
-                file=sys.stderr,
-            )
-            self.path.unlink(missing_ok=True)
-            return None
+            state, reason = self._read(tuple(required))
+        except OSError as error:
+            state, reason = None, f"is unreadable ({error.strerror})"
+        if reason is not None:
+            _discard(self.path, "checkpoint", reason, "restarting that trial")
+        return state
+
+    def _read(self, required: tuple[str, ...]) -> tuple[dict | None, str | None]:
+        raw = self.path.read_bytes()
+        if not raw.startswith(_CHECKPOINT_MAGIC):
+            return None, "is not an hvadam-bench checkpoint of this format"
+        header_line, _, payload = raw[len(_CHECKPOINT_MAGIC) :].partition(b"\n")
+        try:
+            header = json.loads(header_line)
+        except ValueError:
+            return None, "has a damaged header"
+        if not isinstance(header, dict) or header.get("format") != STORE_FORMAT:
+            return None, "is of another format"
+        if header.get("trial") != asdict(self._trial):
+            return None, "belongs to another trial"
+        if header.get("sha256") != _digest(payload):
+            return None, "is damaged (checksum mismatch)"
+        missing = [key for key in required if key not in header.get("keys", [])]
+        if missing:
+            return None, f"lacks {', '.join(missing)}"
+        try:
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as error:  # any unreadable payload: the trial restarts from scratch
+            return None, f"is unreadable ({type(error).__name__})"
+        if not isinstance(state, dict) or any(key not in state for key in required):
+            return None, "does not hold the state it announces"
+        return state, None
 
     def save(self, state: dict) -> None:
+        """Write ``state`` atomically (a unique temporary name, then a rename)."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        header = {
+            "format": STORE_FORMAT,
+            "trial": asdict(self._trial),
+            "keys": sorted(state),
+            "sha256": _digest(payload),
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, temporary)
-        temporary.replace(self.path)
+        atomic_write_bytes(self.path, _CHECKPOINT_MAGIC + _canonical(header) + b"\n" + payload)
         self._store.saved_checkpoint()
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
+def _result_problem(record: Any, trial: Trial) -> str | None:
+    """Why ``record`` (a parsed result file) is not a sound result of ``trial``, or None."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a result"
+    if record.get("format") != STORE_FORMAT:
+        return "is of another format"
+    if record.get("trial") != asdict(trial):
+        return "belongs to another trial"
+    body = {key: value for key, value in record.items() if key != "sha256"}
+    if record.get("sha256") != _digest(_canonical(body)):
+        return "is damaged (checksum mismatch)"
+    for key in ("valid", "test"):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"has a non-numeric {key!r}"
+    if not isinstance(record.get("diverged"), bool):
+        return "has no true/false 'diverged'"
+    return None
+
+
 class TrialStore:
     """Finished results (``results/*.json``) and checkpoints (``checkpoints/*.pt``) of trials,
-    under one directory that several suites may share."""
+    under one directory that several suites may share.
+
+    Every stored file names the trial it belongs to (its full identity, whose task names
+    carry each study's configuration fingerprint) and a SHA-256 of its content; anything
+    else is recomputed, with one line on stderr saying so."""
 
     def __init__(self, root: Path, interrupt_after_checkpoints: int | None = None):
         self.root = Path(root)
         self._interrupt_after = interrupt_after_checkpoints
         self._saves = 0
 
+    def prepare(self) -> None:
+        """Check, before any training, that results and checkpoints can be written here;
+        raise :class:`BenchError` otherwise."""
+        prepare_output(self.root, what="trial store")
+        for folder in (self.root / "results", self.root / "checkpoints"):
+            prepare_output(folder, what="trial store", lock=False)
+
     def _result_path(self, trial: Trial) -> Path:
         return self.root / "results" / f"{trial.key}.json"
 
     def result(self, trial: Trial) -> dict | None:
+        """The stored result of ``trial`` if it is sound (see the class docstring), else None."""
         path = self._result_path(trial)
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # unreadable: recompute rather than trust it
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            reason = f"is unreadable ({type(error).__name__})"
+            _discard(path, "stored result", reason, "recomputing that trial")
             return None
+        problem = _result_problem(record, trial)
+        if problem is not None:
+            _discard(path, "stored result", problem, "recomputing that trial")
+            return None
+        return record
 
     def save_result(self, trial: Trial, result: dict) -> None:
         path = self._result_path(trial)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"trial": asdict(trial), **result})
+        record = {**result, "format": STORE_FORMAT, "trial": asdict(trial)}
+        record["sha256"] = _digest(_canonical(record))
+        atomic_write_json(path, record)
 
     def checkpointer(self, trial: Trial) -> Checkpointer:
-        return Checkpointer(self.root / "checkpoints" / f"{trial.key}.pt", self)
+        return Checkpointer(self.root / "checkpoints" / f"{trial.key}.pt", self, trial)
 
     def saved_checkpoint(self) -> None:
         self._saves += 1
@@ -292,6 +399,7 @@ def run_protocol(
     protocol = _Protocol(suite, grids, list(final_seeds), higher_is_better, tune_seed)
     plan = [(task, name) for task in tasks for name in optimizers]
     per_pair = {name: len(grids[name]) + len(final_seeds) for name in optimizers}
+    store.prepare()  # an unwritable store fails now, not after the first trial has trained
     counter = Counter(sum(per_pair[name] for _, name in plan), description or suite, show_progress)
     try:
         if workers is not None and workers.jobs > 1:
@@ -332,9 +440,36 @@ def seed_everything(seed: int) -> None:
 # --- several processes ------------------------------------------------------------------------
 
 _WORKER: dict = {}  # what a worker process keeps between the units it runs
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def _start_worker(setup: Callable, setup_args: tuple) -> None:
+def _die_with(parent: int) -> None:
+    """Make this worker end when process ``parent`` does, however it ends (even SIGKILL):
+    orphaned workers would keep computing and hold the resource tracker alive.
+
+    On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere, a daemon thread also checks once a second that the parent is still ours."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watching thread below still does the job, a second later
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _start_worker(parent: int, setup: Callable, setup_args: tuple) -> None:
+    _die_with(parent)
+    # Ctrl-C reaches the whole process group: the parent alone decides, and ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER["unit"] = setup(*setup_args)
 
@@ -356,17 +491,36 @@ def _run_in_workers(
     worker and returns ``unit_fn``. Meant for (task, optimizer) pairs of :func:`run_protocol`:
     they are independent (each tunes its own lr, then runs its final seeds), every trial is
     seeded and single-threaded, and results go through the same store, so the outcome is the
-    one of a single process. ``on_done(unit)`` runs here as each unit finishes."""
+    one of a single process. ``on_done(unit)`` runs here as each unit finishes.
+
+    Workers never outlive this call: if it ends early (an error, Ctrl-C, SIGTERM turned into
+    an exception by the command line) they are killed at once, and if this process is
+    killed they end by themselves (:func:`_die_with`). Their checkpoints let a rerun resume."""
     done: dict = {}
     pool = ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(setup, setup_args),
+        initializer=_start_worker, initargs=(os.getpid(), setup, setup_args),
     )  # fmt: skip
+    finished = False
     try:
         futures = {pool.submit(_run_unit, unit): unit for unit in units}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             on_done(futures[future])
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if not finished:
+            _kill_workers(pool)
+        pool.shutdown(wait=finished, cancel_futures=True)
     return {unit: done[unit] for unit in units}
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker of ``pool`` and reap it (``shutdown`` alone would wait for the
+    running units, minutes of training, to finish)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)

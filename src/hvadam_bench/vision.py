@@ -14,17 +14,15 @@ small CNNs for the offline CPU default. No torchvision: it does not import besid
 from __future__ import annotations
 
 import functools
-import pickle
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hvadam_bench.runner import BenchError
+from hvadam_bench.data.cifar import read_cifar
 
 SPLIT_SEED = 0  # the validation hold-out is the same for every trial, optimizer and seed
 
@@ -83,123 +81,6 @@ def mnist1d_splits() -> Splits:
     y_test = torch.tensor(data["y_test"], dtype=torch.long)
     train, valid = hold_out(x, y, 0.2)
     return Splits(train, valid, (x_test, y_test), classes=10)
-
-
-# --- CIFAR from the python-pickle archive -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CifarLayout:
-    folder: str
-    train_files: tuple[str, ...]
-    test_file: str
-    meta_file: str
-    label_key: str
-    names_key: str
-    classes: int
-
-    def expected(self) -> str:
-        files = ",".join((*self.train_files, self.test_file, self.meta_file))
-        return f"{self.folder}/{{{files}}}"
-
-
-CIFAR = {
-    "cifar10": CifarLayout(
-        "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-        "batches.meta", "labels", "label_names", 10,
-    ),
-    "cifar100": CifarLayout(
-        "cifar-100-python", ("train",), "test", "meta", "fine_labels", "fine_label_names", 100,
-    ),
-}  # fmt: skip
-
-# What a CIFAR pickle may reference: numpy arrays (and their dtypes), and the latin-1 codec
-# Python 3 uses for bytes in protocol-2 pickles. Anything else is refused, not executed.
-_ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("_codecs", "encode"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "numpy.core.multiarray":  # the archive predates NumPy 2's rename
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
-        return super().find_class(module, name)
-
-
-def _unpickle(path: Path) -> dict:
-    with path.open("rb") as stream:
-        # The archive was written by Python 2: its str keys come back as bytes.
-        loaded = _ArrayUnpickler(stream, encoding="bytes").load()
-    if not isinstance(loaded, dict):
-        raise ValueError(f"a {type(loaded).__name__}, not a dict")
-    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in loaded.items()}
-
-
-def _cifar_part(path: Path, layout: CifarLayout, dataset: str) -> tuple[Tensor, Tensor]:
-    try:
-        content = _unpickle(path)
-        data = np.asarray(content["data"])
-        labels = np.asarray(content[layout.label_key], dtype=np.int64)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"data of shape {data.shape} and type {data.dtype}")
-        if labels.shape != (len(data),) or labels.min(initial=0) < 0:
-            raise ValueError("labels do not match the images")
-        if labels.max(initial=0) >= layout.classes:
-            raise ValueError(f"a label ≥ {layout.classes}")
-    except Exception as error:  # a truncated or foreign file: one line, naming it
-        raise BenchError(
-            f"malformed {dataset} file {path}: expected a pickled dict with 'data' (N x 3072 "
-            f"uint8) and '{layout.label_key}' ({type(error).__name__}: {error})"
-        ) from None
-    images = torch.from_numpy(data.copy()).reshape(-1, 3, 32, 32)  # stored channel-major
-    return images, torch.from_numpy(labels)
-
-
-def cifar_folder(data_dir: str | Path, dataset: str) -> Path:
-    """The archive's folder: ``data_dir`` itself or its ``cifar-10-batches-py`` (or
-    ``cifar-100-python``) sub-folder; :class:`BenchError` naming what is missing otherwise."""
-    layout = CIFAR[dataset]
-    root = Path(data_dir).expanduser()
-    folder = root if root.name == layout.folder else root / layout.folder
-    needed = (*layout.train_files, layout.test_file, layout.meta_file)
-    missing = [name for name in needed if not (folder / name).is_file()]
-    if missing:
-        raise BenchError(
-            f"{dataset} not found: expected {layout.expected()} (the python version of the "
-            f"archive) in --data-dir {str(root)!r}; missing {', '.join(missing)} in {folder}"
-        )
-    return folder
-
-
-def read_cifar(data_dir: str | Path, dataset: str) -> tuple[Tensor, Tensor, Tensor, Tensor, list]:
-    """Train images, train labels, test images, test labels (images uint8, N x 3 x 32 x 32)
-    and the class names of CIFAR-10 (``dataset="cifar10"``) or CIFAR-100 (fine labels)."""
-    layout = CIFAR[dataset]
-    folder = cifar_folder(data_dir, dataset)
-    parts = [_cifar_part(folder / name, layout, dataset) for name in layout.train_files]
-    test_x, test_y = _cifar_part(folder / layout.test_file, layout, dataset)
-    try:
-        names = [
-            n.decode() if isinstance(n, bytes) else str(n)
-            for n in _unpickle(folder / layout.meta_file)[layout.names_key]
-        ]
-        if len(names) != layout.classes:
-            raise ValueError(f"{len(names)} class names")
-    except Exception as error:
-        raise BenchError(
-            f"malformed {dataset} file {folder / layout.meta_file}: expected a pickled dict with "
-            f"'{layout.names_key}' ({type(error).__name__}: {error})"
-        ) from None
-    train_x = torch.cat([x for x, _ in parts])
-    train_y = torch.cat([y for _, y in parts])
-    return train_x, train_y, test_x, test_y, names
 
 
 @functools.lru_cache(maxsize=2)

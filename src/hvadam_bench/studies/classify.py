@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hvadam_bench import plots, vision
+from hvadam_bench.data.cifar import CIFAR, locate_cifar
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
@@ -139,7 +140,7 @@ class ClassifyConfig:
             raise BenchError("--epochs and --batch-size must be at least 1")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise BenchError("--weight-decay must be finite and non-negative")
-        if self.dataset not in vision.CIFAR:
+        if self.dataset not in CIFAR:
             raise BenchError(f"unknown --dataset {self.dataset!r}; known: cifar10, cifar100")
         if self.threads is not None and self.threads < 1:
             raise BenchError("--threads must be at least 1")
@@ -153,12 +154,12 @@ class ClassifyConfig:
             raise BenchError("--device cuda, but this torch build sees no CUDA GPU")
         if any(TASKS[name].cifar_model for name in self.tasks):
             if self.data_dir is None:
-                layout = vision.CIFAR[self.dataset]
+                layout = CIFAR[self.dataset]
                 raise BenchError(
                     f"the CIFAR tasks need --data-dir DIR holding {layout.expected()} "
                     "(the python version of the archive; nothing is downloaded)"
                 )
-            vision.cifar_folder(self.data_dir, self.dataset)
+            locate_cifar(self.data_dir, self.dataset)
 
     def task_id(self, name: str) -> str:
         """The task's name in trials and results: CIFAR tasks carry their dataset."""
@@ -248,7 +249,7 @@ def train(trial: Trial, checkpointer: Checkpointer, setup: Setup) -> dict:
         "test_acc": [], "valid_acc": [], "train_acc": [], "train_loss": []
     }  # fmt: skip
     start = 0
-    saved = checkpointer.load()
+    saved = checkpointer.load(required=("model", "optimizer", "rng", "epoch", "history"))
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -617,7 +618,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=names,
         help=f"comma-separated tasks: {', '.join(TASKS)} (the last three are CIFAR networks)",
     )
-    parser.add_argument("--dataset", choices=sorted(vision.CIFAR), help="CIFAR-10 or -100")
+    parser.add_argument("--dataset", choices=sorted(CIFAR), help="CIFAR-10 or -100")
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (or -100)")
     parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
     parser.add_argument("--lrs", type=numbers, help="learning-rate grid, comma-separated")

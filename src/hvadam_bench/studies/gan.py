@@ -23,9 +23,7 @@ import functools
 import hashlib
 import json
 import math
-import pickle
 import statistics
-import tarfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from hvadam_bench import gan_metrics, plots
+from hvadam_bench.data.cifar import CIFAR, read_cifar
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
@@ -201,68 +200,16 @@ def _device_available(device: str) -> bool:
 
 # ---- data ---------------------------------------------------------------------------------
 
-CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
-CIFAR_EXPECTED = (
-    "CIFAR-10's python-pickle archive: cifar-10-python.tar.gz, or its folder "
-    "cifar-10-batches-py/ with data_batch_1..5 and test_batch"
-)
-
-
-def _cifar_batch(raw: bytes, name: str) -> torch.Tensor:
-    """One pickled CIFAR-10 batch as uint8 images (N, 3, 32, 32)."""
-    try:
-        batch = pickle.loads(raw, encoding="bytes")
-        data = batch[b"data"]
-        labels = batch[b"labels"]
-        images = torch.as_tensor(data)
-    except Exception as error:
-        raise BenchError(
-            f"--data-dir: {name} is not a CIFAR-10 python batch ({type(error).__name__}); "
-            "expected a pickled dict with b'data' (N, 3072) uint8 and b'labels'"
-        ) from None
-    if images.dtype != torch.uint8 or images.ndim != 2 or images.shape[1] != 3072:
-        raise BenchError(
-            f"--data-dir: {name} holds data of shape {tuple(images.shape)} and type "
-            f"{images.dtype}, expected (N, 3072) uint8"
-        )
-    if len(labels) != len(images):
-        raise BenchError(f"--data-dir: {name} has {len(labels)} labels for {len(images)} images")
-    return images.reshape(-1, 3, 32, 32)
-
 
 def read_cifar10(data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10's training and test images (uint8, N x 3 x 32 x 32) from ``data_dir``: the
-    folder ``cifar-10-batches-py`` (or the batch files directly), or ``cifar-10-python.tar.gz``.
-    Anything missing or malformed raises :class:`BenchError` naming what and where."""
+    """CIFAR-10's training and test images (uint8, N x 3 x 32 x 32) from ``data_dir``, by the
+    suite's one (safe) CIFAR reader, :func:`hvadam_bench.data.cifar.read_cifar`."""
     if data_dir is None:
-        raise BenchError(f"the cifar10 dataset needs --data-dir: a folder holding {CIFAR_EXPECTED}")
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise BenchError(f"--data-dir {str(root)!r} is not a folder; expected {CIFAR_EXPECTED}")
-    raw: dict[str, bytes] = {}
-    for folder in (root / "cifar-10-batches-py", root):
-        if all((folder / name).is_file() for name in CIFAR_FILES):
-            raw = {name: (folder / name).read_bytes() for name in CIFAR_FILES}
-            break
-    archive = root / "cifar-10-python.tar.gz"
-    if not raw and archive.is_file():
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-                missing = [name for name in CIFAR_FILES if name not in members]
-                if missing:
-                    raise BenchError(f"--data-dir: {archive} lacks {', '.join(missing)}")
-                raw = {name: tar.extractfile(members[name]).read() for name in CIFAR_FILES}
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise BenchError(
-                f"--data-dir: {archive} is not a readable tar.gz ({type(error).__name__})"
-            ) from None
-    if not raw:
-        raise BenchError(f"--data-dir {str(root)!r} does not hold {CIFAR_EXPECTED}")
-    train = torch.cat(
-        [_cifar_batch(raw[f"data_batch_{i}"], f"data_batch_{i}") for i in range(1, 6)]
-    )
-    return train, _cifar_batch(raw["test_batch"], "test_batch")
+        raise BenchError(
+            f"the cifar10 dataset needs --data-dir: a folder holding {CIFAR['cifar10'].expected()}"
+        )
+    train, _, test, _, _ = read_cifar(data_dir, "cifar10")
+    return train, test
 
 
 def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -706,6 +653,11 @@ def _failed_run(curve: list, reason: str) -> dict:
     }
 
 
+GAN_CHECKPOINT_KEYS = (
+    "generator", "critic", "generator_optimizer", "critic_optimizer", "rng", "iteration", "curve"
+)  # fmt: skip
+
+
 def train_gan(trial: Trial, checkpointer: Checkpointer, problem: Problem) -> dict:
     """Train one GAN (``trial.task`` is ``<dataset>-<gan>``) with ``trial.optimizer`` at
     ``trial.lr`` for both networks; score the generator on validation along the way and on
@@ -719,7 +671,7 @@ def train_gan(trial: Trial, checkpointer: Checkpointer, problem: Problem) -> dic
     generator_optimizer = gan_optimizer(trial.optimizer, generator.parameters(), trial.lr)
     critic_optimizer = gan_optimizer(trial.optimizer, critic.parameters(), trial.lr)
     start, curve = 0, []
-    state = checkpointer.load()
+    state = checkpointer.load(required=GAN_CHECKPOINT_KEYS)
     if state is not None:
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
@@ -845,10 +797,11 @@ def run(
     results: dict = {"meta": _meta(config), "datasets": {}}
     samples: dict = {}  # drawn in the figures, kept out of the JSON (they would swell it)
     with _threads_for(config.device):
-        for dataset in config.datasets:
-            # Built here first, also with workers: it checks the data and caches the digits
-            # classifier before any worker needs it.
-            problem = make_problem(dataset, config, out)
+        # Every problem is built before any training, also with workers: it checks the data
+        # (an unusable CIFAR folder stops the run before the ring trials, not after) and
+        # caches the digits classifier before any worker needs it.
+        problems = {dataset: make_problem(dataset, config, out) for dataset in config.datasets}
+        for dataset, problem in problems.items():
             store = TrialStore(_store_root(out, problem), interrupt_after_checkpoints)
             tasks = [f"{dataset}-{gan}" for gan in config.gans]
             summary = _protocol(problem, store, config, out, tasks, show_progress)

@@ -324,6 +324,18 @@ def prepare_splits(corpus: Corpus, config: LMConfig) -> Splits:
     return Splits(**batched, vocabulary=len(corpus.vocabulary))
 
 
+LM_CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "rng",
+    "epoch",
+    "segment",
+    "state",
+    "curve",
+    "train_curve",
+)
+
+
 def make_trial_function(config: LMConfig, splits: Splits) -> TrialFunction:
     """Train one LSTM language model per trial; evaluate on validation and checkpoint
     ``evals_per_epoch`` times an epoch."""
@@ -338,7 +350,7 @@ def make_trial_function(config: LMConfig, splits: Splits) -> TrialFunction:
         windows = list(bptt_windows(splits.train, config.bptt))
         bounds = segment_bounds(len(windows), config.evals_per_epoch)
         epoch, segment, state, curve, train_curve = 0, 0, None, [], []
-        saved = checkpointer.load()
+        saved = checkpointer.load(required=LM_CHECKPOINT_KEYS)
         if saved is not None:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
