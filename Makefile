@@ -27,6 +27,7 @@ demo: $(VENV)/.ready
 lint: $(VENV)/.ready
 	$(VENV)/bin/ruff check src tests examples
 	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/mypy
 
 test: lint
 	$(PY) -m pytest -q
