@@ -82,9 +82,10 @@ def saturation(dtype: torch.dtype) -> float:
 def effective_grad(
     grad: Tensor, param: Tensor, opts: GroupOptions, out: Tensor | None = None
 ) -> Tensor:
-    """``g`` after ``maximize`` (negated) and L2 decay (``g + wd·θ``, SPEC step 2), saturated at
-    ±:func:`saturation`: a finite gradient near the dtype's maximum would otherwise overflow
-    ``g - m`` in the momentum's update. Written into ``out`` when given (never into ``grad``)."""
+    """``g`` after ``maximize`` (negated) and L2 decay (``g + wd·θ``, docs/algorithm.md §3
+    step 2), saturated at ±:func:`saturation`: a finite gradient near the dtype's maximum
+    would otherwise overflow ``g - m`` in the momentum's update. Written into ``out`` when
+    given (never into ``grad``)."""
     limit = saturation(param.dtype)
     source = grad
     if opts.maximize:
@@ -95,7 +96,8 @@ def effective_grad(
 
 
 def decayed_weight_factor(opts: GroupOptions) -> float | Tensor | None:
-    """The factor decoupled decay multiplies θ by (SPEC step 2), or ``None`` if there is none."""
+    """The factor decoupled decay multiplies θ by (docs/algorithm.md §3 step 8), or ``None``
+    if there is none."""
     if opts.weight_decay == 0 or opts.decay == "l2":
         return None
     if opts.decay == "fixed":

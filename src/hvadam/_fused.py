@@ -75,7 +75,8 @@ def _update(
     one_minus_beta1, one_minus_beta2, eps_scaled, neg_step, inv_bc1, seeds, sign, l2, eps, gamma,
     decay_factor, lr_hidden, v_weight, hidden_coef, *, dtype, hidden_moment,
 ) -> None:  # fmt: skip
-    """SPEC steps 2-8 and the hidden-vector update, written in place, for every tensor.
+    """Steps 2-9 of docs/algorithm.md §3 and the hidden-vector update, written in place, for
+    every tensor.
 
     With a decision (``v_weight`` not None): ``v ← (1-w)·v + (w/bc1)·m``, then
     ``θ ← θ - lr_hidden·b_t·v``."""

@@ -1,4 +1,4 @@
-"""The readable path: one tensor at a time, each line a line of SPEC's "One step".
+"""The readable path: one tensor at a time, each line a line of docs/algorithm.md §3.
 
 Every other path must give the numbers this one gives.
 """

@@ -1,7 +1,7 @@
 """Scopes split across processes: DTensor parameters (FSDP2, tensor parallel) and parameters
 partitioned over ranks (``ZeroRedundancyOptimizer``).
 
-SPEC ("Scope"): the scope is the *logical* parameter set. Each rank computes the ``(c, e, f)``
+docs/algorithm.md §9: the scope is the *logical* parameter set. Each rank computes the ``(c, e, f)``
 shares of the pieces it holds; a share is all-reduced over exactly the process groups across
 which its tensor is split, and added once where every rank holds the same copy. The kernels
 run on local shards only.

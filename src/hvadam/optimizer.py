@@ -57,7 +57,7 @@ class HVAdam(Optimizer):
     Per scope (default: one param group), ``v`` moves to the foot of the perpendicular from 0
     onto the line through ``v`` and ``m̂``; ``δ``, an EMA of ``cos(v, m̂)``, sizes an extra step
     ``θ ← θ - lr_hidden · 10^{6δ-3} · v``; when the bias-corrected ``δ̂`` drops below
-    ``restart_threshold``, ``v`` restarts from ``m̂``. See ``SPEC.md`` for every detail.
+    ``restart_threshold``, ``v`` restarts from ``m̂``. docs/algorithm.md gives every rule.
 
     Args:
         params: parameters or param groups.

@@ -11,7 +11,8 @@ One HVAdam step over a scope is three named pieces (``hvadam.functional`` compos
 3. *decision* (:func:`decide`): from ``(c, e, f)`` and the scope scalars, a branch-free
    computation yields the weight by which ``v`` moves towards ``m̂`` and the hidden-step size.
 
-The ``d``-form of SPEC step 10 is used: ``a - 2b + c`` cancels when ``v ≈ m̂``, ``<d, d>`` does not.
+The ``d``-form of the decision (docs/algorithm.md §4.2) is used: ``a - 2b + c`` cancels when
+``v ≈ m̂``, ``<d, d>`` does not.
 Everything here stays on the device; no value is read on the host.
 """
 
@@ -32,11 +33,11 @@ SCOPE_KEY_PREFIX = "scope_"
 class ScopeState(NamedTuple):
     """The scalars one hidden vector carries between steps (1-element tensors on one device).
 
-    ``steps_since_restart`` is SPEC's ``t2`` (``-1``: restart on the next step); ``delta`` is the
-    EMA of the cosine. ``delta_hat``, ``cosine`` and ``hidden_step_size`` (the ``b_t`` actually
-    applied, 0 when no hidden step was taken) are kept for diagnostics only, as are the counts
-    ``restart_count`` and ``nonfinite_steps`` (steps in which some tensor's share was left out as
-    not finite, or ``b_t`` was not finite).
+    ``steps_since_restart`` is the algorithm's ``t2`` (``-1``: restart on the next step);
+    ``delta`` is the EMA of the cosine. ``delta_hat``, ``cosine`` and ``hidden_step_size``
+    (the ``b_t`` actually applied, 0 when no hidden step was taken) are kept for diagnostics
+    only, as are the counts ``restart_count`` and ``nonfinite_steps`` (steps in which some
+    tensor's share was left out as not finite, or ``b_t`` was not finite).
     """
 
     steps_since_restart: Tensor
@@ -193,7 +194,7 @@ def decide(
     restart_threshold: float,
     hidden_step_size: HiddenStepSize | Callable[[Tensor], Tensor],
 ) -> Decision:
-    """One scope decision (SPEC steps 1, 9, 10), branch-free; updates ``state`` in place.
+    """One scope decision (docs/algorithm.md §4), branch-free; updates ``state`` in place.
 
     With ``c, e, f = sums`` and ``k = e / f`` (0 when ``f = 0``), the new hidden vector is
     ``v' = m̂ - k·d`` (the foot of the perpendicular from 0 onto the line through ``v`` and

@@ -1,4 +1,4 @@
-"""An independent HVAdam in float64 NumPy, written from the paper's Algorithm 2 and SPEC.md.
+"""An independent HVAdam in float64 NumPy, from the paper's Algorithm 2 and docs/algorithm.md.
 
 It shares no code with the library and follows the spec literally: the hidden vector is
 formed explicitly as v' = k·v + (1-k)·m̂ over the concatenation of the scope's tensors, and
@@ -187,8 +187,9 @@ class ReferenceHVAdam:
             norm_v, norm_m = np.linalg.norm(candidate_kept), np.linalg.norm(M_kept)
             with np.errstate(all="ignore"):
                 cos = float(candidate_kept @ M_kept) / (norm_v * norm_m)
-            # SPEC's "|v'| = 0", at float64 working precision: the library resolves |v'|² only
-            # down to 32·eps·|m̂|² (beyond that it is rounding noise), and so does this.
+            # The algorithm's "|v'| = 0" (docs/algorithm.md §8.2), at float64 working precision:
+            # the library resolves |v'|² only down to 32·eps·|m̂|² (beyond that it is rounding
+            # noise), and so does this.
             negligible = norm_v**2 <= 32 * np.finfo(np.float64).eps * norm_m**2
             if not math.isfinite(cos) or abs(cos) > 1 or norm_m == 0 or negligible:
                 sc.t2 -= 1  # change nothing

@@ -84,7 +84,8 @@ def test_maximize_makes_the_objective_go_up(foreach):
 def test_foreach_equals_single_tensor_params_and_state(
     options, dtype, steps, tolerance, chunk_elements, monkeypatch
 ):
-    # HVAdam amplifies round-off (SPEC), so float32 is compared over a short horizon only.
+    # HVAdam amplifies round-off (docs/algorithm.md §8.8), so float32 is compared over a short
+    # horizon only.
     if chunk_elements is not None:  # foreach calls over several runs of tensors per bucket
         monkeypatch.setattr(_multi_tensor, "CHUNK_ELEMENTS", chunk_elements)
     models = [small_model(dtype=dtype) for _ in range(2)]

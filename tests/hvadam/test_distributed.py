@@ -1,7 +1,7 @@
 """Scopes split across processes: DDP, FSDP2 (DTensor), ZeRO and DTensor layouts, on 2 CPU
 processes (gloo) spawned by each test, against a single-process run on the full batch.
 
-HVAdam amplifies round-off (SPEC, "One step"), and a different summation order across ranks is
+HVAdam amplifies round-off (docs/algorithm.md §8.8), and a different summation order across ranks is
 round-off. So every comparison with the single-process run is held to a tolerance calibrated
 on the run itself: ``TOLERANCE_FACTOR`` times the deviation caused by jittering every gradient
 by a relative 1e-7. Ranks must agree with each other exactly.

@@ -1,4 +1,4 @@
-"""No NaN or inf enters the state or the parameters from a finite gradient (SPEC, "Numbers")."""
+"""No NaN or inf enters the state or the parameters from a finite gradient (algorithm §8.3)."""
 
 from __future__ import annotations
 

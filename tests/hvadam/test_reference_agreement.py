@@ -1,6 +1,6 @@
 """Every path and option against the independent float64 reference (tests/hvadam/reference.py).
 
-Short horizons must agree to 1e-10. HVAdam amplifies round-off (SPEC, "One step"), so over
+Short horizons must agree to 1e-10. HVAdam amplifies round-off (docs/algorithm.md §8.8), so over
 hundreds of steps the tolerance is calibrated on the reference itself: the deviation of a twin
 reference run started 1e-13 away bounds what round-off alone can do, and the library must stay
 within a fixed multiple (10x) of it.

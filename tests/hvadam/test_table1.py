@@ -1,4 +1,5 @@
-"""The paper's worked example (Table 1), with SPEC's erratum (m̂_y at step 2 is +1.2105)."""
+"""The paper's worked example (Table 1), with its erratum (docs/algorithm.md §12): m̂_y at step 2
+is +1.2105."""
 
 import pytest
 import torch
