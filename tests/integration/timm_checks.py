@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+import traceback
 import types
 
 
@@ -83,12 +84,18 @@ def train(optimizer, model, steps, scheduler=None, start=0):
 
 
 def main() -> None:
+    """Runs every check; each reports ``CHECK <name>: ok`` or ``CHECK <name>: FAILED`` and its
+    traceback, so that one failure does not hide the others."""
     if "--stub-torchvision" in sys.argv:
         stub_torchvision()
-    if "--lookahead-resume" in sys.argv:
-        lookahead_resume()
-    else:
-        factory()
+    for check in (factory, lookahead_resume):
+        try:
+            check()
+        except Exception:
+            print(f"CHECK {check.__name__}: FAILED")
+            traceback.print_exc(file=sys.stdout)
+        else:
+            print(f"CHECK {check.__name__}: ok")
 
 
 def factory() -> None:
@@ -149,12 +156,11 @@ def factory() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
     base = opt._base_optimizer
     assert all("lookahead_slow_buff" in base.state[p] for p in model.parameters())
-    print(f"timm {timm.__version__}: all checks passed")
+    print(f"timm {timm.__version__}")
 
 
 def lookahead_resume() -> None:
     """A Lookahead(HVAdam) checkpoint, loaded into a fresh one, resumes exactly."""
-    import timm
     import torch
     from timm.optim import create_optimizer_v2
 
@@ -179,7 +185,6 @@ def lookahead_resume() -> None:
     other.load_state_dict(saved["opt"])
     train(other, other_model, 6, start=7)
     assert all(torch.equal(a, b) for a, b in zip(whole, other_model.parameters(), strict=True))
-    print(f"timm {timm.__version__}: Lookahead(HVAdam) resumed exactly")
 
 
 if __name__ == "__main__":
