@@ -120,6 +120,8 @@ def decide(
     restart: bool,
     restart_threshold: float | jax.Array,
     hidden_step_size: HiddenStepSize,
+    cosine_beta: float | jax.Array | None = None,
+    bias_corrected_step: bool = False,
 ) -> tuple[Decision, ScopeState]:
     """One scope decision, branch-free: the restart, the new hidden vector and ``b_t``.
 
@@ -135,6 +137,9 @@ def decide(
     ``v ← v'`` and a hidden step of size ``b_t(δ)`` is taken. A degenerate cosine (not finite,
     ``|cos| > 1``, ``m̂ = 0``, or ``|v'|² ≤ 32·eps·|m̂|²``, which is rounding noise of a vanishing
     ``v'``) or a non-finite ``b_t`` changes nothing at all, ``t2`` included.
+
+    Two options beyond the paper: ``cosine_beta`` replaces ``β2`` as the rate of ``δ``'s EMA
+    (and of its bias correction), and ``bias_corrected_step`` sizes ``b_t`` from ``δ̂``.
     """
     c, e, f = sums[0], sums[1], sums[2]
     zero = jnp.zeros_like(c)
@@ -157,13 +162,14 @@ def decide(
         & ~restarting
     )
 
-    delta = state.delta * b2 + (1 - b2) * cosine
+    rate = b2 if cosine_beta is None else cosine_beta
+    delta = state.delta * rate + (1 - rate) * cosine
     # t2 ≥ 1 wherever δ̂ is used; on a restart step the denominator would be 0.
-    bias_correction2 = 1 - jnp.power(jnp.asarray(b2, c.dtype), jnp.maximum(t2, 1).astype(c.dtype))
-    delta_hat = delta / bias_correction2
+    bias_correction = 1 - jnp.power(jnp.asarray(rate, c.dtype), jnp.maximum(t2, 1).astype(c.dtype))
+    delta_hat = delta / bias_correction
     no_restart = jnp.zeros((), bool)
     wants_restart = valid & (delta_hat < restart_threshold) if restart else no_restart
-    step_size = hidden_step_size_of(hidden_step_size, delta)
+    step_size = hidden_step_size_of(hidden_step_size, delta_hat if bias_corrected_step else delta)
     bad_step_size = valid & ~wants_restart & ~jnp.isfinite(step_size)
     accepted = valid & ~bad_step_size
     hidden = accepted & ~wants_restart

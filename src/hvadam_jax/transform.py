@@ -118,6 +118,21 @@ def _validate(options: dict[str, Any]) -> None:
             "fixed_decay: the lr-independent decay is a form of decoupled decay; "
             "set decoupled_weight_decay=True as well"
         )
+    cosine_beta = options["cosine_beta"]
+    if cosine_beta is not None and not (
+        hasattr(cosine_beta, "dtype") or (_is_number(cosine_beta) and 0.0 <= cosine_beta < 1.0)
+    ):
+        raise ValueError(f"cosine_beta: expected None or a number in [0, 1), got {cosine_beta!r}")
+    cap = options["second_moment_cap"]
+    if cap is not None and not (
+        hasattr(cap, "dtype") or (_is_number(cap) and math.isfinite(cap) and cap > 0)
+    ):
+        # 0 would make the cap 0·g², and 0·inf a NaN where g² overflows.
+        raise ValueError(f"second_moment_cap: expected None or a finite number > 0, got {cap!r}")
+    if not isinstance(options["bias_corrected_step"], bool):
+        raise ValueError(
+            f"bias_corrected_step: expected a bool, got {options['bias_corrected_step']!r}"
+        )
     if options["variant"] not in VARIANTS:
         raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {options['variant']!r}")
     rule = options["hidden_step_size"]
@@ -173,6 +188,9 @@ def hvadam(
     variant: str = "hvadam",
     maximize: bool = False,
     mask: Any = None,
+    cosine_beta: float | None = None,
+    bias_corrected_step: bool = False,
+    second_moment_cap: float | None = None,
 ) -> optax.GradientTransformation:
     r"""HVAdam (Zhang et al., AAAI 2025) as an optax gradient transformation.
 
@@ -215,6 +233,11 @@ def hvadam(
         maximize: maximize the objective instead of minimizing.
         mask: which leaves weight decay applies to, as for ``optax.adamw``: a pytree of bools
             with the params' structure, or a callable from params to one. ``None``: all.
+        cosine_beta: beyond the paper: the rate of δ's EMA (and of its bias correction) in
+            place of β2; ``None``: β2.
+        bias_corrected_step: beyond the paper: ``b_t`` from ``δ̂`` instead of ``δ``.
+        second_moment_cap: beyond the paper: ``η·p`` is capped at ``cap·g²`` before it enters
+            the second moment (a finite number > 0); ``None``: no cap.
 
     Returns:
         An ``optax.GradientTransformation`` whose state is an :class:`HVAdamState`. ``update``
@@ -314,6 +337,10 @@ def hvadam(
                 restart=flags.restart,
                 restart_threshold=_as(restart_threshold, state.scope.delta.dtype),
                 hidden_step_size=hidden_step_size,
+                cosine_beta=None
+                if cosine_beta is None
+                else _as(cosine_beta, state.scope.delta.dtype),
+                bias_corrected_step=bias_corrected_step,
             )
 
         # Pass 2: the second moment, the adaptive step, the hidden vector and the hidden step.
@@ -334,7 +361,11 @@ def hvadam(
                 # Saturated, so that where p overflowed, η·p = p·p/noise is inf (then saturated
                 # below), never inf/inf = NaN; η·p itself exceeds the range when g = m ≠ v.
                 noise = jnp.minimum(noise, limit)
-                target = distance / noise * distance + _as(eps, dtype) / one_minus_b2
+                eta_p = distance / noise * distance
+                if second_moment_cap is not None:
+                    eta_p = jnp.minimum(eta_p, _as(second_moment_cap, dtype) * (g * g))
+                # s ← s + (1-β2)·(η·p + ε/(1-β2) - s) is β2·s + (1-β2)·η·p + ε.
+                target = eta_p + _as(eps, dtype) / one_minus_b2
                 s = s + one_minus_b2 * (jnp.minimum(target, limit) - s)
             else:
                 s = s + one_minus_b2 * (jnp.minimum(g * g, limit) - s)

@@ -3,6 +3,8 @@ the reference's ``GroupConfig`` s, side by side with the float64 reference."""
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +14,29 @@ import hvadam_jax
 from tests.hvadam.problems import CoupledValley, max_deviation
 from tests.hvadam.reference import GroupConfig, ReferenceHVAdam
 
+# Reference options that name the same thing in hvadam_jax.hvadam under another name, and those
+# a transformation expresses by its place in an optax tree instead of by an argument.
+RENAMED = {"lr": "learning_rate"}
+STRUCTURAL = {"betas", "scope"}
+
 
 def hvadam_options(config: GroupConfig) -> dict:
-    """``hvadam_jax.hvadam`` keyword arguments with the meaning of a reference group config."""
-    return dict(
+    """``hvadam_jax.hvadam`` keyword arguments with the meaning of a reference group config.
+
+    A reference option that hvadam_jax does not take, set away from its default, raises
+    ``NotImplementedError`` (the tests then skip that case, naming the option)."""
+    supported = set(inspect.signature(hvadam_jax.hvadam).parameters)
+    for name, value in config.__dict__.items():
+        default = GroupConfig.__dataclass_fields__[name].default
+        known = RENAMED.get(name, name) in supported or name in STRUCTURAL
+        if not known and value != default:
+            raise NotImplementedError(f"option {name!r} has no hvadam_jax counterpart")
+    extra = {
+        name: getattr(config, name)
+        for name in ("cosine_beta", "bias_corrected_step", "second_moment_cap")
+        if hasattr(config, name)
+    }
+    return extra | dict(
         learning_rate=config.lr,
         b1=config.betas[0],
         b2=config.betas[1],
@@ -64,6 +85,16 @@ def transformation_for(configs: list[GroupConfig], shapes) -> optax.GradientTran
             transforms["global"] = hvadam_jax.hvadam(**options)
             labels[f"g{gi}"] = ["global"] * len(group_shapes)
     return optax.multi_transform(transforms, labels)
+
+
+def require_expressible(configs: list[GroupConfig]) -> None:
+    """Skip the calling test when the configs have no hvadam_jax counterpart, saying why."""
+    import pytest
+
+    try:
+        transformation_for(configs, [[(1,)] for _ in configs])
+    except NotImplementedError as error:
+        pytest.skip(str(error))
 
 
 def stepper(transform: optax.GradientTransformation):
