@@ -15,22 +15,16 @@ its trial restarts cleanly.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import json
 import math
-import multiprocessing
-import os
 import random
 import re
-import signal
 import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +32,7 @@ from typing import Any
 import torch
 
 from hvadam_bench.optimizers import SPECS
+from hvadam_bench.parallel import run_in_workers
 from hvadam_bench.runner import (
     Counter,
     atomic_write_bytes,
@@ -403,7 +398,7 @@ def run_protocol(
     counter = Counter(sum(per_pair[name] for _, name in plan), description or suite, show_progress)
     try:
         if workers is not None and workers.jobs > 1:
-            done = _run_in_workers(
+            done = run_in_workers(
                 plan, _pair_in_worker, (workers.setup, workers.args, protocol, store.root),
                 workers.jobs, on_done=lambda pair: counter.tick(per_pair[pair[1]]),
             )  # fmt: skip
@@ -435,92 +430,3 @@ def set_rng_state(state: dict) -> None:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-
-
-# --- several processes ------------------------------------------------------------------------
-
-_WORKER: dict = {}  # what a worker process keeps between the units it runs
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with(parent: int) -> None:
-    """Make this worker end when process ``parent`` does, however it ends (even SIGKILL):
-    orphaned workers would keep computing and hold the resource tracker alive.
-
-    On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``);
-    everywhere, a daemon thread also checks once a second that the parent is still ours."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # the watching thread below still does the job, a second later
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
-
-
-def _start_worker(parent: int, setup: Callable, setup_args: tuple) -> None:
-    _die_with(parent)
-    # Ctrl-C reaches the whole process group: the parent alone decides, and ends the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
-    _WORKER["unit"] = setup(*setup_args)
-
-
-def _run_unit(unit: Hashable):
-    return _WORKER["unit"](unit)
-
-
-def _run_in_workers(
-    units: Sequence[Hashable],
-    setup: Callable,
-    setup_args: tuple,
-    jobs: int,
-    on_done: Callable[[Hashable], None] = lambda unit: None,
-) -> dict:
-    """``{unit: unit_fn(unit)}``, with the units shared out over ``jobs`` spawned processes.
-
-    ``setup(*setup_args)`` (a module-level function, so that it pickles) runs once in each
-    worker and returns ``unit_fn``. Meant for (task, optimizer) pairs of :func:`run_protocol`:
-    they are independent (each tunes its own lr, then runs its final seeds), every trial is
-    seeded and single-threaded, and results go through the same store, so the outcome is the
-    one of a single process. ``on_done(unit)`` runs here as each unit finishes.
-
-    Workers never outlive this call: if it ends early (an error, Ctrl-C, SIGTERM turned into
-    an exception by the command line) they are killed at once, and if this process is
-    killed they end by themselves (:func:`_die_with`). Their checkpoints let a rerun resume."""
-    done: dict = {}
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker, initargs=(os.getpid(), setup, setup_args),
-    )  # fmt: skip
-    finished = False
-    try:
-        futures = {pool.submit(_run_unit, unit): unit for unit in units}
-        for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            on_done(futures[future])
-        finished = True
-    finally:
-        if not finished:
-            _kill_workers(pool)
-        pool.shutdown(wait=finished, cancel_futures=True)
-    return {unit: done[unit] for unit in units}
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """SIGKILL every worker of ``pool`` and reap it (``shutdown`` alone would wait for the
-    running units, minutes of training, to finish)."""
-    workers = list((getattr(pool, "_processes", None) or {}).values())
-    for worker in workers:
-        if worker.is_alive():
-            worker.kill()
-    for worker in workers:
-        worker.join(timeout=5)

@@ -361,6 +361,6 @@ def test_unusable_cifar_stops_gan_before_the_ring_trains(tmp_path, capsys):
     out = tmp_path / "gan"
     command = [*LONG_GAN[:2], "ring,cifar10", *LONG_GAN[3:], "--iterations", "4"]
     assert main([*command, "--data-dir", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert not list(out.rglob("*.json"))  # nothing trained
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "cifar10 not found" in error[0], error
-    assert not list(out.rglob("*.json"))  # nothing trained

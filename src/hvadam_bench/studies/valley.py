@@ -22,14 +22,17 @@ from hvadam_bench import plots
 from hvadam_bench.batched import run_batch
 from hvadam_bench.landscapes import DTYPE, FULL, QUICK, all_names, landscape
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, PAPER_SET, SPECS, spec
+from hvadam_bench.parallel import run_in_workers, single_thread
 from hvadam_bench.report import fmt, table
 from hvadam_bench.runner import (
     BenchError,
+    Counter,
     Grid,
     atomic_write_json,
     atomic_write_text,
     best_index,
     common_arguments,
+    default_jobs,
     finite_or_none,
     log_spaced,
     names,
@@ -111,66 +114,42 @@ def _steps_to(curve: torch.Tensor, threshold: float) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def run(config: ValleyConfig, out: Path, show_progress: bool = True) -> dict:
-    """Run the study, write ``valley.json``, ``report.md`` and the figures into ``out``."""
+def run(config: ValleyConfig, out: Path, show_progress: bool = True, jobs: int = 1) -> dict:
+    """Run the study, write ``valley.json``, ``report.md`` and the figures into ``out``.
+
+    Every (function, optimizer) pair is independent and deterministic (its starts come from
+    its own seeds) and runs on one thread, so ``jobs`` worker processes give the result of
+    one process."""
     config.validate()
-    torch.manual_seed(config.seed)
     results: dict = {"meta": _meta(config), "functions": {}}
     figures: dict = {"trajectories": {}, "curves": {}, "dynamics": {}, "cosine": None}
     tasks = [(f, o) for f in config.functions for o in config.optimizers]
-    for function, optimizer in progress(tasks, len(tasks), "valley", show_progress):
+    if jobs > 1:
+        counter = Counter(len(tasks), "valley", show_progress)
+        try:
+            done = run_in_workers(
+                tasks, _task_runner, (config,), jobs, on_done=lambda task: counter.tick()
+            )
+        finally:
+            counter.close()
+    else:
+        with single_thread():  # tiny tensors: threads only add overhead, and change nothing
+            done = {
+                task: _run_task(config, *task)
+                for task in progress(tasks, len(tasks), "valley", show_progress)
+            }
+    for (function, optimizer), (record, trajectory, hidden) in done.items():
         entry = results["functions"].setdefault(function, _function_entry(function))
-        land = landscape(function)
-        optimizer_spec = spec(optimizer)
-        configs = config.grid.configs(optimizer_spec.second)
-        tune = run_batch(
-            optimizer_spec, land, land.starts(config.tune_starts, _seed(config.seed, function, 0)),
-            configs, config.steps,
-        )  # fmt: skip
-        scores = criterion(relative_gap(tune.values, land.minimum))
-        chosen = best_index(scores.tolist())
-        lr, second = configs[chosen]
-        two_d = land.dim == 2
-        evaluation = run_batch(
-            optimizer_spec, land, land.starts(config.eval_starts, _seed(config.seed, function, 1)),
-            [(lr, second)], config.steps, record_trajectory=two_d,
-            record_hidden=optimizer_spec.name == "hvadam",
-        )  # fmt: skip
-        gap = relative_gap(evaluation.values, land.minimum)[:, 0]  # (steps + 1, starts)
-        median_curve = gap.median(dim=1).values
-        entry["optimizers"][optimizer] = {
-            "label": optimizer_spec.label,
-            "source": optimizer_spec.source,
-            "lr": lr,
-            optimizer_spec.second: second,
-            "criterion_tuning": finite_or_none(float(scores[chosen])),
-            "criterion_eval": finite_or_none(float(criterion(gap[:, None])[0])),
-            "final_gap_median": finite_or_none(float(median_curve[-1])),
-            "final_loss_median": finite_or_none(
-                float((evaluation.values[-1, 0] - land.minimum).median())
-            ),
-            "diverged_starts": int((~torch.isfinite(evaluation.values[-1, 0])).sum()),
-            **{f"steps_to_{t:g}": _steps_to(median_curve, t) for t in THRESHOLDS},
-            "grid": [
-                {"lr": c[0], optimizer_spec.second: c[1], "criterion": finite_or_none(float(s))}
-                for c, s in zip(configs, scores)
-            ],
-            "curve": [
-                float(f"{c:.4g}") if math.isfinite(c) else None for c in median_curve.tolist()
-            ],
-        }
-        figures["curves"].setdefault(function, {})[optimizer] = entry["optimizers"][optimizer][
-            "curve"
-        ]
-        if two_d and optimizer in PAPER_SET:
-            figures["trajectories"].setdefault(function, {})[optimizer] = evaluation.trajectory[
-                :, 0, 0
-            ]
-        if evaluation.hidden is not None:
-            figures["dynamics"][function] = _dynamics(evaluation.hidden)
-            if land.valley_direction is not None:
+        entry["optimizers"][optimizer] = record
+        figures["curves"].setdefault(function, {})[optimizer] = record["curve"]
+        if trajectory is not None:
+            figures["trajectories"].setdefault(function, {})[optimizer] = trajectory
+        if hidden is not None:
+            figures["dynamics"][function] = _dynamics(hidden)
+            direction = landscape(function).valley_direction
+            if direction is not None:
                 figures.setdefault("cosines", {})[function] = _cosine_to_valley(
-                    evaluation.hidden["vector"][:, 0], land.valley_direction
+                    hidden["vector"][:, 0], direction
                 )
     for entry in results["functions"].values():
         _rank(entry)
@@ -179,6 +158,56 @@ def run(config: ValleyConfig, out: Path, show_progress: bool = True) -> dict:
     _write_figures(config, figures, results, out)
     atomic_write_text(out / "report.md", render_report(results))
     return results
+
+
+def _task_runner(config: ValleyConfig):
+    """In a worker process: the function that runs one (function, optimizer) pair."""
+    return lambda task: _run_task(config, *task)
+
+
+def _run_task(config: ValleyConfig, function: str, optimizer: str) -> tuple:
+    """Tune ``optimizer`` on ``function``'s tuning starts, run the chosen configuration from
+    the held-out starts; return its record, its first trajectory (2-D functions of the
+    paper's set only) and its hidden-vector history (HVAdam only)."""
+    land = landscape(function)
+    optimizer_spec = spec(optimizer)
+    configs = config.grid.configs(optimizer_spec.second)
+    tune = run_batch(
+        optimizer_spec, land, land.starts(config.tune_starts, _seed(config.seed, function, 0)),
+        configs, config.steps,
+    )  # fmt: skip
+    scores = criterion(relative_gap(tune.values, land.minimum))
+    chosen = best_index(scores.tolist())
+    lr, second = configs[chosen]
+    two_d = land.dim == 2
+    evaluation = run_batch(
+        optimizer_spec, land, land.starts(config.eval_starts, _seed(config.seed, function, 1)),
+        [(lr, second)], config.steps, record_trajectory=two_d,
+        record_hidden=optimizer_spec.name == "hvadam",
+    )  # fmt: skip
+    gap = relative_gap(evaluation.values, land.minimum)[:, 0]  # (steps + 1, starts)
+    median_curve = gap.median(dim=1).values
+    record = {
+        "label": optimizer_spec.label,
+        "source": optimizer_spec.source,
+        "lr": lr,
+        optimizer_spec.second: second,
+        "criterion_tuning": finite_or_none(float(scores[chosen])),
+        "criterion_eval": finite_or_none(float(criterion(gap[:, None])[0])),
+        "final_gap_median": finite_or_none(float(median_curve[-1])),
+        "final_loss_median": finite_or_none(
+            float((evaluation.values[-1, 0] - land.minimum).median())
+        ),
+        "diverged_starts": int((~torch.isfinite(evaluation.values[-1, 0])).sum()),
+        **{f"steps_to_{t:g}": _steps_to(median_curve, t) for t in THRESHOLDS},
+        "grid": [
+            {"lr": c[0], optimizer_spec.second: c[1], "criterion": finite_or_none(float(s))}
+            for c, s in zip(configs, scores)
+        ],
+        "curve": [float(f"{c:.4g}") if math.isfinite(c) else None for c in median_curve.tolist()],
+    }
+    trajectory = evaluation.trajectory[:, 0, 0] if two_d and optimizer in PAPER_SET else None
+    return record, trajectory, evaluation.hidden
 
 
 def _meta(config: ValleyConfig) -> dict:
@@ -484,6 +513,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-starts", type=int, help="starting points used for tuning")
     parser.add_argument("--eval-starts", type=int, help="held-out starting points")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs", type=int, help="worker processes (default: 2, or 1 on a one-core machine); "
+        "results do not depend on it",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list functions and optimizers")
 
 
@@ -505,8 +538,11 @@ def main(args: argparse.Namespace) -> int:
             momenta=momenta,
         )
     config.validate()
+    jobs = args.jobs if args.jobs is not None else default_jobs("quick")
+    if jobs < 1:
+        raise BenchError("--jobs must be at least 1")
     out = prepare_output(args.out)
-    results = run(config, out, show_progress=not args.no_progress)
+    results = run(config, out, show_progress=not args.no_progress, jobs=jobs)
     winners = {name: entry["winner"] for name, entry in results["functions"].items()}
     print(f"wrote {out / 'valley.json'}, {out / 'report.md'} and figures")
     for name, winner in winners.items():
