@@ -27,6 +27,7 @@ class GroupOptions(NamedTuple):
     maximize: bool
     hidden_moment: bool
     hidden_step: bool
+    second_moment_cap: float | None = None  # η·p ≤ cap·g² (None: no cap)
 
 
 class Segment(NamedTuple):

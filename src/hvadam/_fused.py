@@ -73,7 +73,7 @@ def _shares(
 def _update(
     params, grads, exp_avgs, second_moments, hiddens, max_second_moments,
     one_minus_beta1, one_minus_beta2, eps_scaled, neg_step, inv_bc1, seeds, sign, l2, eps, gamma,
-    decay_factor, lr_hidden, v_weight, hidden_coef, *, dtype, hidden_moment,
+    cap, decay_factor, lr_hidden, v_weight, hidden_coef, *, dtype, hidden_moment,
 ) -> None:  # fmt: skip
     """Steps 2-9 of docs/algorithm.md §3 and the hidden-vector update, written in place, for
     every tensor.
@@ -95,7 +95,10 @@ def _update(
             # would overflow, η·p saturates either way, so this agrees with the readable path.
             distance = torch.clamp((g - v) * (g - v), max=limit)
             noise = torch.clamp((g - m) * (g - m) + eps + gamma * distance, max=limit)
-            eta_p = torch.clamp(distance / noise * distance, max=limit)
+            eta_p = distance / noise * distance
+            if cap is not None:
+                eta_p = torch.minimum(eta_p, cap * (g * g))
+            eta_p = torch.clamp(eta_p, max=limit)
             s = s + one_minus_beta2 * (eta_p - s) + eps
         else:
             s = s + one_minus_beta2 * (torch.clamp(g * g, max=limit) - s)
@@ -149,9 +152,13 @@ def _constants(opts: GroupOptions, like: Tensor) -> dict:
     if l2:
         names.append("l2")
         values.append(opts.weight_decay)
+    if opts.second_moment_cap is not None and opts.hidden_moment:
+        names.append("cap")
+        values.append(opts.second_moment_cap)
     packed = torch.stack([device_scalar(value, like) for value in values])
     constants = dict(zip(names, packed.unbind()))
     constants.setdefault("l2", None)
+    constants.setdefault("cap", None)
     return constants
 
 
@@ -229,6 +236,7 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
                 constants["l2"],
                 constants["eps"],
                 constants["gamma"],
+                constants["cap"],
                 constants["decay_factor"],
                 constants["lr_hidden"],
                 v_weight,

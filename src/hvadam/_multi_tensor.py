@@ -118,6 +118,9 @@ def _update_second_moments(
         torch._foreach_clamp_max_(squared, limit)  # saturated, as η·p is
         torch._foreach_lerp_(second_moments, squared, 1 - opts.beta2)
         return
+    if opts.second_moment_cap is not None:
+        ceiling = torch._foreach_mul(grads, grads)
+        torch._foreach_mul_(ceiling, opts.second_moment_cap)
     distance = torch._foreach_sub(grads, take(segment.hidden_vectors, indices))
     torch._foreach_mul_(distance, distance)
     noise = torch._foreach_sub(grads, take(segment.exp_avgs, indices))
@@ -130,6 +133,9 @@ def _update_second_moments(
     del noise
     torch._foreach_mul_(eta_p, distance)
     del distance
+    if opts.second_moment_cap is not None:
+        torch._foreach_minimum_(eta_p, ceiling)
+        del ceiling
     torch._foreach_clamp_max_(eta_p, limit)
     torch._foreach_lerp_(second_moments, eta_p, 1 - opts.beta2)
     torch._foreach_add_(second_moments, opts.eps)

@@ -98,7 +98,8 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             hidden_coef = decision.hidden_coef.to(device=first.device, dtype=first.dtype)
             neg_hidden_coef = hidden_coef * (-opts.lr_hidden)
 
-        scratch = _Scratch(segment, indices, count=2)
+        cap = opts.second_moment_cap if opts.hidden_moment else None
+        scratch = _Scratch(segment, indices, count=2 if cap is None else 3)
         # 0-dim tensors: addcmul takes ε only this way, and lerp_ is faster so (see prepare).
         eps = device_scalar(opts.eps, first)
         second_moment_weight = device_scalar(1 - opts.beta2, first)
@@ -107,13 +108,15 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             param = segment.params[i]
             exp_avg = segment.exp_avgs[i]
             second_moment = segment.second_moments[i]
-            first_buffer, second_buffer = scratch.like(param)
+            first_buffer, second_buffer, *third = scratch.like(param)
             grad = effective_grad(segment.grads[i], param, opts, out=first_buffer)
             if factor is not None:
                 param.mul_(factor)
 
             limit = saturation(param.dtype)
             if opts.hidden_moment:
+                if cap is not None:  # cap·g², taken before g's buffer is reused
+                    ceiling = torch.mul(grad, grad, out=third[0]).mul_(cap)
                 noise = torch.sub(grad, exp_avg, out=second_buffer)
                 noise = torch.addcmul(eps, noise, noise, out=second_buffer)  # (g - m_t)^2 + ε
                 distance = grad.sub_(segment.hidden_vectors[i])  # g is a copy: reuse it
@@ -127,7 +130,11 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
                 # lerp's target, one pass fewer. η·p = p² / ((g-m)² + γp + ε) exceeds the dtype's
                 # range when g ≈ m but g ≠ v; saturating it keeps s finite.
                 ratio = torch.div(distance, noise, out=second_buffer)
-                target = torch.addcmul(eps_per_weight, ratio, distance, out=second_buffer)
+                if cap is None:
+                    target = torch.addcmul(eps_per_weight, ratio, distance, out=second_buffer)
+                else:
+                    target = torch.minimum(ratio.mul_(distance), ceiling, out=second_buffer)
+                    target.add_(eps_per_weight)
                 target.clamp_(max=limit)
                 second_moment.lerp_(target, second_moment_weight)
             else:

@@ -93,6 +93,14 @@ def validate_options(group: Mapping[str, Any]) -> None:
     if not _is_number(threshold) or not math.isfinite(threshold):
         raise ValueError(f"restart_threshold: expected a finite number, got {threshold!r}")
     _check_hidden_step_size(group["hidden_step_size"])
+    cosine_beta = group.get("cosine_beta")
+    if cosine_beta is not None and (not _is_number(cosine_beta) or not 0.0 <= cosine_beta < 1.0):
+        raise ValueError(f"cosine_beta: expected None or a number in [0, 1), got {cosine_beta!r}")
+    cap = group.get("second_moment_cap")
+    if cap is not None and (not _is_number(cap) or not (math.isfinite(cap) and cap > 0)):
+        # 0 would make the cap 0·g², and 0·inf a NaN where g² overflows.
+        raise ValueError(f"second_moment_cap: expected None or a finite number > 0, got {cap!r}")
+    _check_flag("bias_corrected_step", group.get("bias_corrected_step", False))
     if group["variant"] not in VARIANTS:
         raise ValueError(f"variant: expected one of {sorted(VARIANTS)}, got {group['variant']!r}")
     if group["scope"] not in SCOPES:
@@ -154,7 +162,14 @@ def validate_scope_group(group: Mapping[str, Any], scope_group: Any) -> None:
 
 # Options that act on the scope as a whole (the cosine EMA, the restart rule, b_t): every
 # param group sharing one "global" scope must agree on them.
-SCOPE_OPTIONS = ("betas", "restart_threshold", "hidden_step_size", "variant")
+SCOPE_OPTIONS = (
+    "betas",
+    "restart_threshold",
+    "hidden_step_size",
+    "variant",
+    "cosine_beta",
+    "bias_corrected_step",
+)
 
 
 def validate_global_scope(groups: list[Mapping[str, Any]]) -> None:

@@ -57,6 +57,8 @@ class ScopeOptions(NamedTuple):
     restart: bool
     restart_threshold: float
     hidden_step_size: HiddenStepSize
+    cosine_beta: float | None = None
+    bias_corrected_step: bool = False
 
 
 def implementation_for(params: Sequence[Tensor], foreach: bool | None, fused: bool | None) -> str:
@@ -193,6 +195,8 @@ def step_scope(
             restart=options.restart,
             restart_threshold=options.restart_threshold,
             hidden_step_size=options.hidden_step_size,
+            cosine_beta=options.cosine_beta,
+            bias_corrected_step=options.bias_corrected_step,
         )
 
     for kernel, segment, prepared, write_back in runs:
@@ -225,6 +229,9 @@ def hvadam(
     variant: str = "hvadam",
     restart_threshold: float = 0.1,
     hidden_step_size: HiddenStepSize = (6.0, -3.0),
+    cosine_beta: float | None = None,
+    bias_corrected_step: bool = False,
+    second_moment_cap: float | None = None,
     foreach: bool | None = None,
     fused: bool | None = None,
     scope_group: Any = None,
@@ -254,6 +261,7 @@ def hvadam(
         maximize=maximize,
         hidden_moment=flags.hidden_moment,
         hidden_step=flags.hidden_step,
+        second_moment_cap=second_moment_cap,
     )
     segment = Segment(
         params=list(params),
@@ -280,6 +288,8 @@ def hvadam(
             restart=flags.restart,
             restart_threshold=restart_threshold,
             hidden_step_size=hidden_step_size,
+            cosine_beta=cosine_beta,
+            bias_corrected_step=bias_corrected_step,
         ),
         layout,
     )

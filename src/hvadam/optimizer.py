@@ -34,6 +34,9 @@ _DEFAULTS: dict[str, Any] = {
     "amsgrad": False,
     "restart_threshold": 0.1,
     "hidden_step_size": (6.0, -3.0),
+    "cosine_beta": None,
+    "bias_corrected_step": False,
+    "second_moment_cap": None,
     "scope": "group",
     "variant": "hvadam",
     "state_dtype": None,
@@ -74,6 +77,14 @@ class HVAdam(Optimizer):
         restart_threshold: restart the hidden vector when ``δ̂`` falls below this.
         hidden_step_size: ``(slope, intercept)`` for ``b_t = 10^{slope·δ + intercept}``, or a
             callable mapping the δ tensor to ``b_t`` (keep it picklable to save checkpoints).
+        cosine_beta: the rate of δ's EMA of the cosine; ``None`` (the paper) uses β2. A smaller
+            value lets δ, and so the hidden step, respond within ~1/(1-cosine_beta) steps.
+        bias_corrected_step: take ``b_t`` from the bias-corrected ``δ̂`` instead of ``δ`` (the
+            paper), so the hidden step acts from the first steps instead of after ~1/(1-β2).
+        second_moment_cap: cap each element's ``η·p`` at ``second_moment_cap·g²`` before it
+            enters ``s`` (``None``: no cap, the paper). On a nearly deterministic gradient
+            ``g ≈ m``, so ``η`` grows without bound and the adaptive step shrinks; with a cap
+            of 1, ``s`` never exceeds Adam's second moment.
         scope: which parameters share a hidden vector: ``"group"``, ``"tensor"`` or ``"global"``
             (every group whose scope is ``"global"``).
         variant: ``"hvadam"``, or the paper's ablations ``"hvadam0"`` (Adam), ``"hvadam1"``
@@ -107,6 +118,9 @@ class HVAdam(Optimizer):
         lr_hidden: float | Tensor | None = None,
         restart_threshold: float = 0.1,
         hidden_step_size: HiddenStepSize = (6.0, -3.0),
+        cosine_beta: float | None = None,
+        bias_corrected_step: bool = False,
+        second_moment_cap: float | None = None,
         scope: str = "group",
         variant: str = "hvadam",
         state_dtype: torch.dtype | None = None,
@@ -127,6 +141,9 @@ class HVAdam(Optimizer):
             lr_hidden=lr_hidden,
             restart_threshold=restart_threshold,
             hidden_step_size=hidden_step_size,
+            cosine_beta=cosine_beta,
+            bias_corrected_step=bias_corrected_step,
+            second_moment_cap=second_moment_cap,
             scope=scope,
             variant=variant,
             state_dtype=state_dtype,
@@ -250,6 +267,8 @@ class HVAdam(Optimizer):
                     restart=variant.restart,
                     restart_threshold=group["restart_threshold"],
                     hidden_step_size=group["hidden_step_size"],
+                    cosine_beta=group["cosine_beta"],
+                    bias_corrected_step=group["bias_corrected_step"],
                 ),
                 layout,
             )
@@ -457,4 +476,5 @@ def _group_options(group: dict[str, Any]) -> GroupOptions:
         maximize=group["maximize"],
         hidden_moment=variant.hidden_moment,
         hidden_step=variant.hidden_step,
+        second_moment_cap=group["second_moment_cap"],
     )

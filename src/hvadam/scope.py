@@ -193,6 +193,8 @@ def decide(
     restart: bool,
     restart_threshold: float,
     hidden_step_size: HiddenStepSize | Callable[[Tensor], Tensor],
+    cosine_beta: float | None = None,
+    bias_corrected_step: bool = False,
 ) -> Decision:
     """One scope decision (docs/algorithm.md §4), branch-free; updates ``state`` in place.
 
@@ -203,6 +205,8 @@ def decide(
     ``δ̂ = δ / (1 - β2^t2)``; a hidden step of size ``b_t(δ)`` is taken unless ``δ̂`` fell
     below the restart threshold (which schedules a restart) or the cosine was degenerate
     (not finite, ``|cos| > 1``, ``m̂ = 0`` or ``v' = 0`` to working precision: nothing changes).
+    Two options beyond the paper: ``cosine_beta`` replaces β2 as the rate of δ's EMA (and of
+    its bias correction), and ``bias_corrected_step`` takes ``b_t`` from ``δ̂`` instead of ``δ``.
     A ``b_t`` that is not finite (a user's callable) is treated as a degenerate cosine, and
     counted in ``nonfinite_steps`` with the steps whose shares had tensors left out.
     ``sums`` is ``(c, e, f, left_out, n)`` from :func:`reduce_partial_sums`; with ``n = 0`` (no
@@ -230,10 +234,11 @@ def decide(
     valid = cosine.isfinite() & (cosine.abs() <= 1) & (c > 0) & (norm_sq > zero_floor * c)
     valid = valid & took_part & ~restarting
 
-    delta = state.delta * beta2 + (1 - beta2) * cosine
-    delta_hat = delta / (1 - torch.pow(beta2, t2.to(delta.dtype)))
+    rate = beta2 if cosine_beta is None else cosine_beta
+    delta = state.delta * rate + (1 - rate) * cosine
+    delta_hat = delta / (1 - torch.pow(rate, t2.to(delta.dtype)))
     wants_restart = valid & (delta_hat < restart_threshold) if restart else zero.bool()
-    step_size = hidden_step_size_of(hidden_step_size, delta)
+    step_size = hidden_step_size_of(hidden_step_size, delta_hat if bias_corrected_step else delta)
     bad_step_size = valid & ~wants_restart & ~step_size.isfinite()
     accepted = valid & ~bad_step_size
     hidden = accepted & ~wants_restart

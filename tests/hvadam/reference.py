@@ -43,6 +43,9 @@ class GroupConfig:
     hidden_step_size: tuple[float, float] | Callable[[float], float] = (6.0, -3.0)
     variant: str = "hvadam"
     scope: str = "group"
+    cosine_beta: float | None = None
+    bias_corrected_step: bool = False
+    second_moment_cap: float | None = None
 
     def torch_kwargs(self) -> dict:
         return dict(self.__dict__)
@@ -134,7 +137,10 @@ class ReferenceHVAdam:
                     # 5. η ← p / ((g - m)² + γ·p + ε)
                     noise = np.minimum((g - st.m) ** 2 + c.gamma * p + c.eps, SATURATION)
                     # 6. s ← β2·s + (1-β2)·η·p + ε
-                    eta_p = np.minimum(p / noise * p, SATURATION)
+                    eta_p = p / noise * p
+                    if c.second_moment_cap is not None:
+                        eta_p = np.minimum(eta_p, c.second_moment_cap * g * g)
+                    eta_p = np.minimum(eta_p, SATURATION)
                     st.s = beta2 * st.s + (1 - beta2) * eta_p + c.eps
                 else:
                     st.s = beta2 * st.s + (1 - beta2) * np.minimum(g * g, SATURATION)
@@ -195,8 +201,9 @@ class ReferenceHVAdam:
                 sc.t2 -= 1  # change nothing
                 sc.nonfinite_steps += left_out
                 return
-            delta = beta2 * sc.delta + (1 - beta2) * cos
-            delta_hat = delta / (1 - beta2**sc.t2)
+            rate = beta2 if c0.cosine_beta is None else c0.cosine_beta
+            delta = rate * sc.delta + (1 - rate) * cos
+            delta_hat = delta / (1 - rate**sc.t2)
             if restart and delta_hat < c0.restart_threshold:
                 sc.delta = delta
                 sc.t2 = -1
@@ -204,11 +211,12 @@ class ReferenceHVAdam:
                 sc.nonfinite_steps += left_out
                 return
             rule = c0.hidden_step_size
+            sizing = delta_hat if c0.bias_corrected_step else delta
             with np.errstate(all="ignore"):
                 b = float(
-                    rule(np.float64(delta))
+                    rule(np.float64(sizing))
                     if callable(rule)
-                    else np.power(10.0, rule[0] * delta + rule[1])
+                    else np.power(10.0, rule[0] * sizing + rule[1])
                 )
             if not math.isfinite(b):
                 sc.t2 -= 1  # a b_t that is not finite changes nothing, as a degenerate cosine

@@ -54,6 +54,12 @@ def params():
         ({"fused": 1}, "fused"),
         ({"foreach": 0}, "foreach"),
         ({"maximize": 1}, "maximize"),
+        # Options beyond the paper.
+        ({"cosine_beta": 1.0}, "cosine_beta"),
+        ({"cosine_beta": -0.5}, "cosine_beta"),
+        ({"second_moment_cap": 0.0}, "second_moment_cap"),
+        ({"second_moment_cap": float("inf")}, "second_moment_cap"),
+        ({"bias_corrected_step": "yes"}, "bias_corrected_step"),
     ],
 )
 def test_invalid_hyperparameters_raise_value_error_naming_the_argument(kwargs, name):
@@ -77,7 +83,10 @@ def test_global_scope_groups_must_agree_on_scope_options():
             ],
             scope="global",
         )
-    # β1 is per tensor, so it may differ.
+    with pytest.raises(ValueError, match="^cosine_beta"):
+        HVAdam([{"params": params(), "cosine_beta": 0.5}, {"params": params()}], scope="global")
+    # β1 and the second-moment cap are per tensor, so they may differ.
+    HVAdam([{"params": params(), "second_moment_cap": 1.0}, {"params": params()}], scope="global")
     HVAdam(
         [{"params": params(), "betas": (0.9, 0.999)}, {"params": params(), "betas": (0.5, 0.999)}],
         scope="global",

@@ -19,13 +19,28 @@ CASES = {
         GroupConfig(lr=1e-2, betas=(0.9, 0.9), restart_threshold=0.8),
         GroupConfig(lr=3e-2, betas=(0.8, 0.9), restart_threshold=0.8),
     ],
-    "l2_amsgrad_gamma": [
+    "l2_amsgrad_gamma_cap": [
         GroupConfig(lr=1e-2, weight_decay=0.1, amsgrad=True, gamma=0.5),
-        GroupConfig(lr=3e-2, eps=1e-8, amsgrad=True),
+        GroupConfig(lr=3e-2, eps=1e-8, amsgrad=True, second_moment_cap=1.0),
     ],
-    "decoupled_global_variants": [
-        GroupConfig(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, scope="global"),
-        GroupConfig(lr=3e-2, scope="global", lr_hidden=0.1),
+    "decoupled_global_cosine_rate": [
+        GroupConfig(
+            lr=1e-2,
+            weight_decay=0.1,
+            decoupled_weight_decay=True,
+            scope="global",
+            cosine_beta=0.8,
+            bias_corrected_step=True,
+            hidden_step_size=(4.0, -3.0),
+        ),
+        GroupConfig(
+            lr=3e-2,
+            scope="global",
+            lr_hidden=0.1,
+            cosine_beta=0.8,
+            bias_corrected_step=True,
+            hidden_step_size=(4.0, -3.0),
+        ),
     ],
     "ablations": [GroupConfig(lr=1e-2, variant="hvadam1"), GroupConfig(lr=3e-2, variant="hvadam0")],
 }

@@ -55,6 +55,21 @@ CASES = {
     ],
     "variants": [GroupConfig(lr=1e-2, variant="hvadam1"), GroupConfig(lr=3e-2, variant="hvadam2")],
     "adam_variant": [GroupConfig(lr=1e-2, variant="hvadam0"), GroupConfig(lr=3e-2)],
+    # Options beyond the paper (README, "Options"): each changes the math it names.
+    "beyond_the_paper": [
+        GroupConfig(
+            lr=1e-2,
+            cosine_beta=0.8,
+            bias_corrected_step=True,
+            hidden_step_size=(4.0, -3.0),
+            restart_threshold=0.5,
+        ),
+        GroupConfig(lr=3e-2, second_moment_cap=1.0, gamma=0.1),
+    ],
+    "second_moment_cap_global": [
+        GroupConfig(lr=1e-2, scope="global", second_moment_cap=0.5, cosine_beta=0.9),
+        GroupConfig(lr=3e-2, scope="global", cosine_beta=0.9, amsgrad=True),
+    ],
 }
 
 
