@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 $(VENV)/.ready: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[bench,test,integration]"
+	$(PY) -m pip install --quiet -e ".[bench,test,integration,jax]"
 	# timm without its dependencies: they would replace the torch above (timm needs torchvision,
 	# whose build for another torch does not import here; tests/integration/test_timm.py says so).
 	$(PY) -m pip install --quiet --no-deps "timm>=1.0.31"
