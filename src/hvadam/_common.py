@@ -4,7 +4,7 @@ segment, and small helpers (effective gradient, weight decay, per-step scalars).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ class Prepared(NamedTuple):
     and anything else the path keeps."""
 
     rows: list[tuple[list[int], Tensor]]
-    carry: object = None
+    carry: Any = None
 
 
 def buckets(segment: Segment) -> list[list[int]]:

@@ -44,10 +44,12 @@ UPCASTS_INSIDE = True
 GROUP = 16
 
 
-def _effective_grad(grad: Tensor, param: Tensor, dtype, sign: Tensor, l2: Tensor | None) -> Tensor:
+def _effective_grad(
+    grad: Tensor, param: Tensor | None, dtype, sign: Tensor, l2: Tensor | None
+) -> Tensor:
     """As :func:`hvadam._common.effective_grad`: signed, L2-decayed, saturated."""
     g = grad.to(dtype) * sign
-    if l2 is not None:  # L2 decay reads θ in pass 1 too; without it, θ is not read there
+    if l2 is not None and param is not None:  # L2 decay reads θ in pass 1 too, else not θ
         g = g + l2 * param.to(dtype)
     return torch.clamp(g, -saturation(dtype), saturation(dtype))
 
@@ -156,7 +158,7 @@ def _constants(opts: GroupOptions, like: Tensor) -> dict:
         names.append("cap")
         values.append(opts.second_moment_cap)
     packed = torch.stack([device_scalar(value, like) for value in values])
-    constants = dict(zip(names, packed.unbind()))
+    constants: dict[str, Tensor | None] = dict(zip(names, packed.unbind()))
     constants.setdefault("l2", None)
     constants.setdefault("cap", None)
     return constants

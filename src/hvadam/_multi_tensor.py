@@ -27,13 +27,16 @@ from hvadam._common import (
 )
 from hvadam.scope import Decision
 
+# What the foreach ops take and return (they return tuples).
+TensorList = list[Tensor] | tuple[Tensor, ...]
 
-def _squared_norms(tensors: list[Tensor]) -> Tensor:
+
+def _squared_norms(tensors: TensorList) -> Tensor:
     """``Σ x²`` of each tensor."""
     return torch.stack(torch._foreach_norm(tensors, 2)).square()
 
 
-def _sums(tensors: list[Tensor]) -> Tensor:
+def _sums(tensors: TensorList) -> Tensor:
     """``Σ x`` of each tensor, as ``2·Σ max(x, 0) - Σ|x|``.
 
     foreach offers norms only. The rounding error of this form is bounded by ``ε·Σ|x|``, the
@@ -47,7 +50,7 @@ def _sums(tensors: list[Tensor]) -> Tensor:
 CHUNK_ELEMENTS = 1 << 24
 
 
-def _effective_grads(grads: list[Tensor], params: list[Tensor], opts: GroupOptions):
+def _effective_grads(grads: TensorList, params: list[Tensor], opts: GroupOptions) -> TensorList:
     """The gradients after ``maximize`` and L2 decay, saturated as
     :func:`hvadam._common.effective_grad` saturates them (new tensors, never the grads)."""
     limit = saturation(params[0].dtype)
@@ -108,7 +111,7 @@ def prepare(segment: Segment) -> Prepared:
 
 
 def _update_second_moments(
-    grads: list[Tensor], segment: Segment, indices: list[int], opts: GroupOptions, dtype
+    grads: TensorList, segment: Segment, indices: list[int], opts: GroupOptions, dtype
 ) -> None:
     """Steps 4-6 for a run of tensors; the temporaries die on return."""
     second_moments = take(segment.second_moments, indices)

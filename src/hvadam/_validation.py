@@ -7,7 +7,7 @@ configuration fails at construction (or in ``add_param_group``), never inside ``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -172,7 +172,7 @@ SCOPE_OPTIONS = (
 )
 
 
-def validate_global_scope(groups: list[Mapping[str, Any]]) -> None:
+def validate_global_scope(groups: Sequence[Mapping[str, Any]]) -> None:
     """Raise ``ValueError`` when groups sharing the global scope disagree on a scope option."""
     shared = [g for g in groups if g["scope"] == "global"]
     for group in shared[1:]:

@@ -20,7 +20,7 @@ group is initialised.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -52,10 +52,11 @@ def reduction_key(tensor: Tensor, scope_group: Any = None) -> ReductionKey:
     collective, so it is not used.)
     """
     if _is_dtensor(tensor):
-        mesh = tensor.device_mesh
+        dtensor: Any = tensor  # a DTensor: mesh and placements (not typed on Tensor)
+        mesh = dtensor.device_mesh
         return tuple(
             mesh.get_group(dim)
-            for dim, placement in enumerate(tensor.placements)
+            for dim, placement in enumerate(dtensor.placements)
             if not (placement.is_replicate() or placement.is_partial())
         )
     return () if scope_group is None else (scope_group,)
@@ -110,11 +111,12 @@ def local_segment(segment: Segment, scope_group: Any = None, layout: ScopeLayout
         return segment._replace(reduction_keys=keys)
 
     def local(tensors: list[Tensor]) -> list[Tensor]:
-        return [t.to_local() if _is_dtensor(t) else t for t in tensors]
+        return [cast(Any, t).to_local() if _is_dtensor(t) else t for t in tensors]
 
     grads = list(segment.grads)
     for i in dtensors:
-        param, grad = segment.params[i], grads[i]
+        param: Any = segment.params[i]  # DTensors
+        grad: Any = grads[i]
         if _is_dtensor(grad) and grad.placements != param.placements:
             # e.g. a partial gradient of a replicated parameter: bring it to the parameter's
             # layout, so that the local shards line up element by element.

@@ -251,6 +251,7 @@ class HVAdam(Optimizer):
             if anchor is None:
                 # No parameter of the scope on this rank (ZeRO may leave a rank an empty
                 # group): no state to keep, but the peers' all-reduces need this rank's zeros.
+                assert layout is not None  # a scope without segments here has reductions
                 device = hvadam.distributed.collective_device(
                     chain.from_iterable(g["params"] for g in self.param_groups),
                     layout.keys[0][0],
@@ -325,10 +326,14 @@ class HVAdam(Optimizer):
                     state = self.state.get(param)
                     exp_avg = state.get("exp_avg") if state else None
                     # All state tensors are made, moved and loaded together: one stands for all.
-                    if exp_avg is not None and (
-                        exp_avg.shape != param.shape
-                        or exp_avg.device != param.device
-                        or exp_avg.dtype != _state.state_dtype(group, param)
+                    if (
+                        state
+                        and exp_avg is not None
+                        and (
+                            exp_avg.shape != param.shape
+                            or exp_avg.device != param.device
+                            or exp_avg.dtype != _state.state_dtype(group, param)
+                        )
                     ):
                         _state.check_state(self._describe(param), param, state)
                         _state.check_dtypes(self._describe(param), param, state, group)
@@ -349,7 +354,7 @@ class HVAdam(Optimizer):
         needed = _state.TENSOR_STATE[: 3 if hidden_step else 2] + (
             ("max_second_moment",) if amsgrad else ()
         )
-        lists: dict[str, list[Tensor]] = {
+        lists: dict[str, Any] = {
             name: []
             for name in (
                 "params",
