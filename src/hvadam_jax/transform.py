@@ -171,6 +171,23 @@ def _value_at(schedule: ScalarOrSchedule, count: jax.Array) -> Any:
     return schedule(count) if callable(schedule) else schedule
 
 
+def _ordered_after(value: jax.Array, other: jax.Array) -> jax.Array:
+    """``value``, unchanged, but made to depend on ``other`` (one element of it).
+
+    The new hidden vector is written over the old one in place when the state is donated, and
+    the second moment's pass reads the old one (``p = (g - v)²``). Nothing orders those two
+    passes, so XLA copies ``v`` at every step to keep the old one readable; on CPU that copy of a
+    large leaf costs a fresh allocation and its page faults (one 10M leaf: 5.0x ``optax.adam``
+    with it, 2.9x without). Making the weight of the new ``v`` depend on the second moment orders
+    the passes and removes the copy. The condition cannot hold (no value is both NaN and inf),
+    but XLA cannot know that, so it keeps the dependency.
+    """
+    if other.size == 0:
+        return value
+    probe = other.reshape(-1)[0]
+    return jnp.where(jnp.isnan(probe) & jnp.isinf(probe), jnp.zeros_like(value), value)
+
+
 def hvadam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -388,6 +405,8 @@ def hvadam(
             if decision is not None:
                 # v ← (1-w)·v + w·m̂, then the hidden step -lr_hidden·b_t·v.
                 weight = decision.v_weight.astype(dtype)
+                if flags.hidden_moment:
+                    weight = _ordered_after(weight, new_second[-1])
                 v = hidden_vectors[i] * (1 - weight) + m * (weight / bc1)
                 new_hidden.append(v)
                 step = step - (_as(lr_h, dtype) * decision.hidden_coef.astype(dtype)) * v
