@@ -120,10 +120,3 @@ def spec(name: str) -> OptimizerSpec:
     if name not in SPECS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(SPECS)}")
     return SPECS[name]
-
-
-def second_grid(spec: OptimizerSpec, beta2_grid: tuple, momentum_grid: tuple) -> tuple:
-    grid = momentum_grid if spec.second == "momentum" else beta2_grid
-    if len(beta2_grid) != len(momentum_grid):
-        raise ValueError("the beta2 and momentum grids must have the same number of points")
-    return grid

@@ -7,8 +7,9 @@ import argparse
 import json
 import math
 import os
+import platform
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,12 +54,6 @@ def log_spaced(low: float, high: float, per_decade: int) -> tuple[float, ...]:
     """``low`` to ``high`` inclusive, ``per_decade`` points per factor of ten."""
     count = round(math.log10(high / low) * per_decade) + 1
     return tuple(float(f"{low * 10 ** (i / per_decade):.3g}") for i in range(count))
-
-
-def best_index(scores: Sequence[float]) -> int:
-    """The index of the lowest finite score (ties: the first); the first index if none is."""
-    finite = [(s, i) for i, s in enumerate(scores) if math.isfinite(s)]
-    return min(finite)[1] if finite else 0
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -187,9 +182,7 @@ class Counter:
 
 
 def versions() -> dict[str, str]:
-    """The versions a results file records: hvadam, torch, Python."""
-    import platform
-
+    """The versions a results file records: hvadam, torch, Python, and the CPU."""
     import torch
 
     import hvadam
@@ -198,7 +191,20 @@ def versions() -> dict[str, str]:
         "hvadam": hvadam.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "cpu": cpu_model(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for the record of a results file:
+    last digits may differ on another CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def default_jobs(preset: str) -> int:

@@ -33,6 +33,7 @@ import torch
 
 from hvadam_bench.optimizers import SPECS
 from hvadam_bench.parallel import run_in_workers
+from hvadam_bench.reporting.verdicts import comparable, first_best
 from hvadam_bench.runner import (
     Counter,
     atomic_write_bytes,
@@ -333,8 +334,9 @@ class _Protocol:
             grid.append(
                 {"lr": lr, "valid": result.get("valid"), "diverged": bool(result.get("diverged"))}
             )
-        scores = [_score(g, "valid", self.higher_is_better) for g in grid]
-        best = min(range(len(lrs)), key=lambda i: (scores[i], i))
+        # Compared to SIGNIFICANT_DIGITS digits: last-digit noise does not move the choice.
+        scores = [comparable(_score(g, "valid", self.higher_is_better)) for g in grid]
+        best = first_best(scores)
         chosen = lrs[best]
         finals = [
             run(Trial(self.suite, task, name, chosen, seed, "final")) for seed in self.final_seeds

@@ -30,6 +30,7 @@ from hvadam_bench import plots, vision
 from hvadam_bench.data.cifar import CIFAR, locate_cifar
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, spec
 from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting.verdicts import comparable
 from hvadam_bench.runner import (
     BenchError,
     atomic_write_json,
@@ -378,7 +379,18 @@ def run(
     for name in config.tasks:
         task_id = config.task_id(name)
         by_optimizer = summary[task_id]
-        order = sorted(by_optimizer, key=lambda k: -_or(by_optimizer[k]["test_mean"], -math.inf))
+        # Higher is better; equal to SIGNIFICANT_DIGITS digits is a tie, in the optimizers' order.
+        order = sorted(
+            by_optimizer,
+            key=lambda k: (
+                -_or(
+                    comparable(by_optimizer[k]["test_mean"])
+                    if by_optimizer[k]["test_mean"] is not None
+                    else None,
+                    -math.inf,
+                )
+            ),
+        )
         results["tasks"][task_id] = {
             "description": _describe(config, name),
             "budget": config.budget(name),
@@ -446,6 +458,11 @@ def plot_curves(results: dict, path: Path) -> None:
 
 
 # --- the report -----------------------------------------------------------------------------
+
+
+def _best_first(accuracy: float | None) -> float:
+    """A sort key putting the highest accuracy first (missing or diverged: last)."""
+    return comparable(-accuracy if accuracy is not None else None)
 
 
 def _pm(mean: float | None, std: float | None) -> str:

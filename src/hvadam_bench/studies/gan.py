@@ -37,6 +37,7 @@ from hvadam_bench import gan_metrics, plots
 from hvadam_bench.data.cifar import CIFAR, read_cifar
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting.verdicts import comparable
 from hvadam_bench.runner import (
     BenchError,
     atomic_write_json,
@@ -1045,10 +1046,7 @@ def _ranked(task: dict) -> list[str]:
     optimizers = task["optimizers"]
     return sorted(
         optimizers,
-        key=lambda n: (
-            optimizers[n]["failed"],
-            optimizers[n]["test_mean"] if optimizers[n]["test_mean"] is not None else math.inf,
-        ),
+        key=lambda n: (optimizers[n]["failed"], comparable(optimizers[n]["test_mean"])),
     )
 
 
@@ -1086,7 +1084,7 @@ def hvadam_verdict(task: dict) -> str:
     ]
     if not others:
         return "best"
-    rival = min(others, key=lambda r: r["test_mean"])
+    rival = min(others, key=lambda r: comparable(r["test_mean"]))
     margin = mine["test_mean"] - rival["test_mean"]
     if abs(margin) <= (mine["test_std"] or 0.0) + (rival["test_std"] or 0.0):
         return "tied"

@@ -29,6 +29,7 @@ from hvadam_bench import plots
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, SPECS, spec
 from hvadam_bench.ptb import Corpus, batchify, bptt_windows, load_corpus
 from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting.verdicts import comparable
 from hvadam_bench.runner import (
     BenchError,
     atomic_write_json,
@@ -631,11 +632,8 @@ def test_figure(depths: dict, path: Path) -> None:
 def _ranking(by_optimizer: dict) -> list[str]:
     """Best (lowest mean validation perplexity of the final runs) first; diverged last."""
 
-    def key(name: str) -> float:
-        value = by_optimizer[name]["valid_mean"]
-        return value if value is not None else math.inf
-
-    return sorted(by_optimizer, key=key)
+    # Equal to SIGNIFICANT_DIGITS digits: a tie, kept in the optimizers' order.
+    return sorted(by_optimizer, key=lambda name: comparable(by_optimizer[name]["valid_mean"]))
 
 
 def mean_std(mean: float | None, std: float | None) -> str:

@@ -24,13 +24,19 @@ from hvadam_bench.landscapes import DTYPE, FULL, QUICK, all_names, landscape
 from hvadam_bench.optimizers import DEFAULT_OPTIMIZERS, PAPER_SET, SPECS, spec
 from hvadam_bench.parallel import run_in_workers, single_thread
 from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting.verdicts import (
+    DECADE_DECIMALS,
+    comparable_decades,
+    first_best,
+    rank_label,
+    ranks,
+)
 from hvadam_bench.runner import (
     BenchError,
     Counter,
     Grid,
     atomic_write_json,
     atomic_write_text,
-    best_index,
     common_arguments,
     default_jobs,
     finite_or_none,
@@ -177,7 +183,7 @@ def _run_task(config: ValleyConfig, function: str, optimizer: str) -> tuple:
         configs, config.steps,
     )  # fmt: skip
     scores = criterion(relative_gap(tune.values, land.minimum))
-    chosen = best_index(scores.tolist())
+    chosen = first_best([comparable_decades(score) for score in scores.tolist()])
     lr, second = configs[chosen]
     two_d = land.dim == 2
     evaluation = run_batch(
@@ -217,6 +223,7 @@ def _meta(config: ValleyConfig) -> dict:
         protocol=__doc__.split("\n\n")[1].replace("\n", " "),
         criterion="mean over steps 1..T and starts of log10 relative gap (lower is better)",
         tie_decades=TIE,
+        compared_to_decimals=DECADE_DECIMALS,
         versions=versions(),
     )
     return meta
@@ -228,13 +235,15 @@ def _function_entry(name: str) -> dict:
 
 
 def _rank(entry: dict) -> None:
+    """Rank the optimizers by held-out score to :data:`DECADE_DECIMALS` decimals: equal
+    scores share a rank (``ranks``) and keep the optimizers' order in ``ranking``."""
     scores = {
-        name: (r["criterion_eval"] if r["criterion_eval"] is not None else math.inf)
-        for name, r in entry["optimizers"].items()
+        name: comparable_decades(r["criterion_eval"]) for name, r in entry["optimizers"].items()
     }
-    order = sorted(scores, key=lambda name: scores[name])
-    entry["ranking"] = order
-    entry["winner"] = order[0]
+    entry["ranking"] = sorted(scores, key=lambda name: scores[name])  # stable: ties keep order
+    entry["ranks"] = ranks(scores)
+    entry["winner"] = entry["ranking"][0]
+    entry["tied_winners"] = [name for name, rank in entry["ranks"].items() if rank == 1]
 
 
 def _dynamics(hidden: dict) -> dict:
@@ -314,7 +323,11 @@ def render_report(results: dict) -> str:
         "**Protocol.** " + meta["protocol"],
         f"Grid, identical for every optimizer: lr ∈ {list(grid['lrs'])}; β2 ∈ "
         f"{list(grid['beta2s'])} for adaptive methods (RMSprop's α), momentum ∈ "
-        f"{list(grid['momenta'])} for SGD. Criterion: {meta['criterion']}.",
+        f"{list(grid['momenta'])} for SGD. Criterion: {meta['criterion']}. Choices and ranks "
+        f"compare scores rounded to {meta.get('compared_to_decimals', DECADE_DECIMALS)} "
+        "decimals, so that last-digit differences between CPUs change neither: equal scores "
+        "are ties (a shared rank is written =n).",
+        f"Run on: {meta['versions'].get('cpu', 'an unrecorded CPU')}.",
         "",
     ]
     lines += _verdict(functions)
@@ -323,15 +336,15 @@ def render_report(results: dict) -> str:
     for name, entry in functions.items():
         opts = entry["optimizers"]
         winner = entry["winner"]
-        rank = entry["ranking"].index("hvadam") + 1 if "hvadam" in opts else None
+        rank = rank_label("hvadam", entry["ranks"]) if "hvadam" in opts else None
         hv = opts.get("hvadam", {})
         summary_rows.append(
             [
                 f"`{name}`",
                 _cell(entry["description"]),
-                opts[winner]["label"],
+                " = ".join(opts[name]["label"] for name in entry["tied_winners"]),
                 fmt(opts[winner]["criterion_eval"]),
-                f"{rank}/{len(opts)}" if rank else "—",
+                rank or "—",
                 fmt(hv.get("criterion_eval")),
                 fmt(hv.get("steps_to_0.0001")),
                 fmt(
@@ -448,9 +461,11 @@ def _verdict(functions: dict) -> list[str]:
         }
         if not others:
             continue
-        best_other = min(others, key=lambda k: others[k]["criterion_eval"])
-        margin = opts["hvadam"]["criterion_eval"] - others[best_other]["criterion_eval"]
-        bucket = wins if margin <= -TIE else ties if margin < TIE else losses
+        best_other = min(others, key=lambda k: comparable_decades(others[k]["criterion_eval"]))
+        margin = comparable_decades(
+            opts["hvadam"]["criterion_eval"] - others[best_other]["criterion_eval"]
+        )  # rounded as the scores are: a margin of exactly TIE is a tie on every CPU
+        bucket = wins if margin < -TIE else losses if margin > TIE else ties
         bucket.append((name, best_other, margin))
     total = len(wins) + len(ties) + len(losses)
     lines = ["## Verdict", ""]
