@@ -92,3 +92,17 @@ def test_compiled_step_matches_eager_and_survives_an_lr_change():
     torch.testing.assert_close(runs[0][0], runs[1][0], atol=1e-12, rtol=1e-10)
     eager, compiled = (astuple(opt.diagnostics()[0])[1:] for _, opt in runs)
     assert compiled == pytest.approx(eager, rel=1e-10)
+
+
+def test_a_traced_step_defaults_to_the_foreach_path():
+    """Issue 14: compiling a whole training step took 215 s cold with the CPU default (the
+    single-tensor loop unrolls per tensor) against 37 s for Adam; traced, the default is the
+    foreach path, which Inductor compiles several times faster and fuses as well."""
+    params = [torch.zeros(3)]
+    assert F.default_implementation(params) == "single"
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def traced(x):
+        return x + (1 if F.default_implementation(params) == "foreach" else 0)
+
+    assert traced(torch.zeros(1)).item() == 1
