@@ -211,3 +211,24 @@ def test_integer_leaves_and_missing_params_are_refused():
     state = transform.init(jnp.zeros(3))
     with pytest.raises(ValueError, match="^params:"):
         transform.update(jnp.ones(3), state)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_donated_step_updates_the_hidden_vector_in_place(amsgrad):
+    """With donated state, XLA writes every state array in place: no copy of a state-sized
+    array in the compiled step (a copy of v per step cost 2x at 10M on CPU; README, JAX)."""
+    transform = hvadam_jax.hvadam(1e-3, amsgrad=amsgrad)
+    params = [jnp.zeros(4096, jnp.float32), jnp.zeros(4096, jnp.float32)]
+
+    def step(params, state, grads):
+        updates, state = transform.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    compiled = (
+        jax.jit(step, donate_argnums=(0, 1))
+        .lower(params, transform.init(params), params)
+        .compile()
+        .as_text()
+    )
+    copies = [line for line in compiled.splitlines() if "f32[4096]" in line and " copy(" in line]
+    assert not copies, copies
