@@ -391,10 +391,11 @@ def hvadam(
                 s = jnp.maximum(max_moments[i], s)
                 new_max.append(s)
 
-            # -lr·m̂/(√(s/bc2) + ε) = m · (-lr·√bc2/bc1) / (√s + ε·√bc2)
+            # -lr·m̂/(√(s/bc2) + ε) = m / ((√s + ε·√bc2) / (-lr·√bc2/bc1)); m is divided last, so
+            # that an m near the dtype's maximum is never multiplied by a factor above 1.
             sqrt_bc2 = jnp.sqrt(bc2)
             neg_step = -_as(lr, dtype) * sqrt_bc2 / bc1
-            step = m * neg_step / (jnp.sqrt(s) + _as(eps, dtype) * sqrt_bc2)
+            step = m / ((jnp.sqrt(s) + _as(eps, dtype) * sqrt_bc2) / neg_step)
 
             if has_decay and decays[i] and decay != "l2":
                 rate = _as(weight_decay, dtype)
