@@ -48,7 +48,13 @@ def run_side_by_side(configs, steps: int, dtype) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# Both libraries are held to the reference on every case (tests/hvadam and
+# test_reference_agreement.py here); side by side, one case per distinct code path suffices.
+TORCH_CASES = ["defaults", "tensor_scope", "l2_amsgrad_gamma", "decoupled_fixed"]
+TORCH_CASES += ["maximize_lr_hidden_step_size", "variants", "beyond_the_paper"]
+
+
+@pytest.mark.parametrize("case", [case for case in TORCH_CASES if case in CASES])
 def test_float64_same_numbers_as_pytorch(case):
     require_expressible(CASES[case])
     assert run_side_by_side(CASES[case], steps=40, dtype=jnp.float64).max() < 1e-10
