@@ -298,16 +298,17 @@ def hvadam(
         count = optax.safe_increment(state.count)
         exp_avgs = treedef.flatten_up_to(state.exp_avg)
         second_moments = treedef.flatten_up_to(state.second_moment)
-        hidden_vectors = (
+        # Leaves of optional state are None where the option is off.
+        hidden_vectors: list[Any] = (
             treedef.flatten_up_to(state.hidden_vector) if flags.hidden_step else [None] * len(grads)
         )
-        max_moments = (
+        max_moments: list[Any] = (
             treedef.flatten_up_to(state.max_second_moment) if amsgrad else [None] * len(grads)
         )
         if has_decay:
             if params is None:
                 raise ValueError("params: hvadam with weight_decay needs params in update()")
-            param_leaves = treedef.flatten_up_to(params)
+            param_leaves: list[Any] = treedef.flatten_up_to(params)
             decay_mask = mask(params) if callable(mask) else mask
             decays = [True] * len(grads) if mask is None else treedef.flatten_up_to(decay_mask)
         else:
