@@ -56,14 +56,13 @@ def train(name: str, lr: float, data):
     state = transform.init(params)
     x, y = data
 
-    # Parameters and optimizer state are donated: updated in place, as in a real training loop.
-    @jax.jit
     def step(params, state, key):
         idx = jax.random.randint(key, (64,), 0, len(x))
         grads = jax.grad(loss)(params, x[idx], y[idx])
         updates, state = transform.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
+    # Parameters and optimizer state are donated: updated in place, as in a real training loop.
     step = jax.jit(step, donate_argnums=(0, 1))
     for key in jax.random.split(jax.random.PRNGKey(2), STEPS):
         params, state = step(params, state, key)

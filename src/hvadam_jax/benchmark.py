@@ -29,7 +29,6 @@ def _tree(total: int, leaves: int, key: jax.Array) -> list[jax.Array]:
 
 
 def _runner(transform: optax.GradientTransformation, params, grads):
-    @jax.jit
     def step(params, state, grads):
         updates, state = transform.update(grads, state, params)
         return optax.apply_updates(params, updates), state

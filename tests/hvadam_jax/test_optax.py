@@ -152,7 +152,6 @@ def test_jit_with_donated_params_and_state():
     transform = hvadam_jax.hvadam(1e-2)
     params, grads = params_and_grads()
 
-    @jax.jit
     def step(params, state, grads):
         updates, state = transform.update(grads, state, params)
         return optax.apply_updates(params, updates), state

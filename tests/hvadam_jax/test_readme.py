@@ -46,3 +46,20 @@ def test_import_pulls_in_neither_torch_nor_hvadam():
     )
     imported = run_without_torch(code).strip()
     assert imported == "['hvadam_jax', 'hvadam_jax.scope', 'hvadam_jax.transform']"
+
+
+def test_jax_quickstart_example_trains():
+    """examples/jax_quickstart.py's own code, 100 steps instead of 1000."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jax_quickstart", ROOT / "examples/jax_quickstart.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.STEPS = 100
+    train_data, valid_data, _ = example.make_data()
+    start = float(example.loss(example.init_model(example.jax.random.PRNGKey(0)), *valid_data))
+    params, state = example.train("hvadam", 0.1, train_data)
+    assert float(example.loss(params, *valid_data)) < 0.5 * start
+    assert example.hvadam_jax.diagnostics(state)[0]["steps"] == 100
