@@ -296,6 +296,8 @@ def hvadam(
     ) -> tuple[optax.Updates, HVAdamState]:
         grads, treedef = jax.tree.flatten(updates)
         count = optax.safe_increment(state.count)
+        if not grads:  # an empty scope takes no step, as an HVAdam group without gradients
+            return updates, state._replace(count=count)
         exp_avgs = treedef.flatten_up_to(state.exp_avg)
         second_moments = treedef.flatten_up_to(state.second_moment)
         # Leaves of optional state are None where the option is off.
