@@ -1,6 +1,6 @@
 """Step time of ``hvadam_jax.hvadam`` against ``optax.adam`` under ``jax.jit``, side by side.
 
-``python -m hvadam_jax.benchmark [--params 10000000] [--leaves 20] [--rounds 15]``
+``python -m hvadam_jax.benchmark [--params 10000000] [--leaves 20] [--rounds 21]``
 
 Each optimizer's step (``update`` + ``apply_updates``) is one jitted function whose parameters
 and state are donated, as in a training loop; the gradient is a fixed input. The optimizers
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--leaves", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--steps", type=int, default=5, help="steps per optimizer and round")
     args = parser.parse_args(argv)
     medians = measure(args.params, args.leaves, args.rounds, args.steps)
