@@ -39,6 +39,7 @@ from hvadam_bench.runner import (
 )
 from hvadam_bench.studies import classify, gan
 from hvadam_bench.studies.valley import criterion, relative_gap
+from hvadam_bench.studies.variants_figures import diagnostics_figure
 from hvadam_bench.studies.variants_optimizers import (
     FAMILY,
     MEMBERS,
@@ -368,6 +369,7 @@ def rerender(out: Path) -> dict:
         raise BenchError(f"cannot read {path}: {error}") from None
     results["verdict"] = verdicts(results)
     atomic_write_json(path, results)
+    diagnostics_figure(results, out / "diagnostics.png")
     atomic_write_text(out / "report.md", render_report(results))
     return results
 
@@ -395,6 +397,7 @@ def run(config: VariantsConfig, out: Path, show_progress: bool = True) -> dict:
     results = {"meta": _meta(config, seconds), "tasks": tasks}
     results["verdict"] = verdicts(results)
     atomic_write_json(out / "variants.json", results)
+    diagnostics_figure(results, out / "diagnostics.png")
     atomic_write_text(out / "report.md", render_report(results))
     return results
 

@@ -244,6 +244,8 @@ def render_report(results: dict) -> str:
         "adaptive step is smaller than Adam's by about its square root). Medians over the "
         "recorded steps (every 10th) of the final runs; restarts: the most any final run had.",
         "",
+        "![diagnostics over training](diagnostics.png)",
+        "",
     ]
     return "\n".join(lines)
 
