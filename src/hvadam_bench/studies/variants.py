@@ -56,6 +56,7 @@ from hvadam_bench.workloads.gan_training import train_gan
 from hvadam_bench.workloads.landscapes import DTYPE, QUICK, Landscape, landscape
 
 BASELINES = ("adam", "adabelief")
+_LANDSCAPE_SETTINGS = ("grid", "steps", "tune_starts", "eval_starts", "seed")
 QUADRATIC = "quadratic-20"
 
 
@@ -189,24 +190,40 @@ def landscape_unit(config: VariantsConfig, function: str, name: str) -> dict:
     return record
 
 
-def _landscape_worker(config: VariantsConfig):
+def stored_landscape_unit(config: VariantsConfig, store: Path, function: str, name: str):
+    """:func:`landscape_unit`, stored as JSON under ``store`` (a folder named by a digest of
+    the landscape settings) and read back instead of rerun, so that a killed run resumes."""
+    path = store / f"{function}__{name}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    record = landscape_unit(config, function, name)
+    atomic_write_json(path, record)
+    return record
+
+
+def _landscape_worker(config: VariantsConfig, store: Path):
     register()
-    return lambda unit: landscape_unit(config, *unit)
+    return lambda unit: stored_landscape_unit(config, store, *unit)
 
 
-def run_landscapes(config: VariantsConfig, show_progress: bool) -> dict:
+def run_landscapes(config: VariantsConfig, store: Path, show_progress: bool) -> dict:
+    settings = {k: v for k, v in asdict(config).items() if k in _LANDSCAPE_SETTINGS}
+    store = prepare_output(store / f"landscapes-{_digest(settings)}", "trial store", lock=False)
     units = [(f, o) for f in config.functions for o in config.optimizers]
     counter = Counter(len(units), "variants: landscapes", show_progress)
     try:
         if config.jobs > 1:
             done = run_in_workers(
-                units, _landscape_worker, (config,), config.jobs, lambda unit: counter.tick()
-            )
+                units, _landscape_worker, (config, store), config.jobs,
+                lambda unit: counter.tick(),
+            )  # fmt: skip
         else:
             with single_thread():
                 done = {}
                 for unit in units:
-                    done[unit] = landscape_unit(config, *unit)
+                    done[unit] = stored_landscape_unit(config, store, *unit)
                     counter.tick()
     finally:
         counter.close()
@@ -356,8 +373,20 @@ def run_gan(config: VariantsConfig, store: Path, show_progress: bool) -> dict:
 def _store(store: Path, workload: str, settings) -> TrialStore:
     """The workload's trial store, in a folder named by a digest of its settings: trials are
     keyed by task, optimizer, lr and seed only, so another budget must not find them."""
-    identity = json.dumps(asdict(settings), sort_keys=True, default=str)
-    return TrialStore(store / f"{workload}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}")
+    return TrialStore(store / f"{workload}-{_digest(asdict(settings))}")
+
+
+# Settings a trial's key already holds (task, optimizer, lr, seed) or that cannot change its
+# result (how many processes share the work): left out of the store's digest, so that running
+# more optimizers, tasks or seeds reuses the trials already run.
+_NOT_SHAPING = {"optimizers", "jobs", "gans", "tasks", "depths", "datasets", "seeds", "lrs",
+                "sgd_lrs", "preset", "cuts", "functions"}  # fmt: skip
+
+
+def _digest(settings: dict) -> str:
+    shaping = {k: v for k, v in settings.items() if k not in _NOT_SHAPING}
+    identity = json.dumps(shaping, sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()[:10]
 
 
 def rerender(out: Path) -> dict:
@@ -382,7 +411,7 @@ def run(config: VariantsConfig, out: Path, show_progress: bool = True) -> dict:
     seconds: dict[str, float] = {}
     tasks: dict = {}
     store = out / "trials"
-    workloads = [("landscapes", lambda: run_landscapes(config, show_progress))]
+    workloads = [("landscapes", lambda: run_landscapes(config, store, show_progress))]
     if config.lm is not None:
         workloads.append(("lm", lambda: run_lm(config, store, show_progress)))
     if config.classify_tasks:
