@@ -447,6 +447,8 @@ def _meta(config: VariantsConfig, seconds: dict) -> dict:
 
 
 HELP = "HVAdam's ablations and variants beyond the paper against the best baselines (issue 15)"
+# The report sections that `hvadam-bench all` would lift into its combined report.
+SUMMARY_SECTIONS = ("Verdict",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
