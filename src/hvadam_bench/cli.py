@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from hvadam_bench.report import sections
+from hvadam_bench.reporting.markdown import sections
 from hvadam_bench.runner import BenchError, atomic_write_text, prepare_output, release_locks
 
 # Every study is a module of hvadam_bench.studies with HELP, add_arguments(parser), main(args).

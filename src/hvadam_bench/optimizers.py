@@ -7,13 +7,14 @@ SGD. Both grids have the same number of points, so every optimizer gets the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch.optim import Optimizer
 
 from hvadam import HVAdam
+from hvadam_bench.runner import BenchError
 
 ParamGroups = list[dict]
 
@@ -120,3 +121,12 @@ def spec(name: str) -> OptimizerSpec:
     if name not in SPECS:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(SPECS)}")
     return SPECS[name]
+
+
+def check_names(names: Iterable[str]) -> None:
+    """Raise :class:`BenchError` (one line, listing the known ones) at the first unknown name."""
+    for name in names:
+        try:
+            spec(name)
+        except ValueError as error:
+            raise BenchError(str(error)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hvadam_bench import cli
-from hvadam_bench.report import sections
+from hvadam_bench.reporting.markdown import sections
 
 REPORT = """# A study
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from hvadam import HVAdam
-from hvadam_bench.batched import run_batch
-from hvadam_bench.landscapes import landscape
 from hvadam_bench.optimizers import SPECS
+from hvadam_bench.workloads.batched import run_batch
+from hvadam_bench.workloads.landscapes import landscape
 
 
 @pytest.mark.parametrize("name", ["hvadam", "hvadam1", "hvadam-bf16"])

@@ -13,14 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from hvadam_bench import vision
 from hvadam_bench.cli import main
+from hvadam_bench.data import images
+from hvadam_bench.data.cifar import read_cifar
+from hvadam_bench.data.images import random_crop_flip
 from hvadam_bench.runner import BenchError
 from hvadam_bench.studies import classify
 from hvadam_bench.studies.classify import ClassifyConfig, Setup
 from hvadam_bench.training import Interrupted, TrialStore
+from hvadam_bench.workloads import vision
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from .conftest import is_png
+
 TINY = [
     "classify",
     "--tasks", "digits",
@@ -110,7 +114,7 @@ def write_cifar100(root, train: int = 8, test: int = 4):
 
 def test_reads_cifar10_in_the_archive_layout(tmp_path):
     folder, batches, test_batch = write_cifar10(tmp_path)
-    train_x, train_y, test_x, test_y, names = vision.read_cifar(tmp_path, "cifar10")
+    train_x, train_y, test_x, test_y, names = read_cifar(tmp_path, "cifar10")
     assert train_x.shape == (20, 3, 32, 32) and train_x.dtype == torch.uint8
     assert test_x.shape == (6, 3, 32, 32) and names[0] == "airplane" and len(names) == 10
     assert train_y.tolist() == [label for b in batches for label in b[b"labels"]]
@@ -120,12 +124,12 @@ def test_reads_cifar10_in_the_archive_layout(tmp_path):
     image = train_x[4 + 2]
     assert image[1, 3, 5] == row[1024 + 3 * 32 + 5] and image[2, 31, 0] == row[2048 + 31 * 32]
     # The archive's own folder is accepted as --data-dir too.
-    assert torch.equal(vision.read_cifar(folder, "cifar10")[0], train_x)
+    assert torch.equal(read_cifar(folder, "cifar10")[0], train_x)
 
 
 def test_reads_cifar100_fine_labels(tmp_path):
     _, parts = write_cifar100(tmp_path)
-    train_x, train_y, test_x, test_y, names = vision.read_cifar(tmp_path, "cifar100")
+    train_x, train_y, test_x, test_y, names = read_cifar(tmp_path, "cifar100")
     assert train_x.shape == (8, 3, 32, 32) and test_x.shape == (4, 3, 32, 32)
     assert train_y.tolist() == parts["train"][b"fine_labels"] and len(names) == 100
     assert test_y.tolist() == parts["test"][b"fine_labels"]
@@ -135,13 +139,13 @@ def test_missing_cifar_file_is_named_in_one_line(tmp_path):
     folder, _, _ = write_cifar10(tmp_path)
     (folder / "data_batch_3").unlink()
     with pytest.raises(BenchError) as error:
-        vision.read_cifar(tmp_path, "cifar10")
+        read_cifar(tmp_path, "cifar10")
     message = str(error.value)
     assert "\n" not in message
     assert "data_batch_3" in message and str(tmp_path) in message
     assert "cifar-10-batches-py/{data_batch_1" in message  # what was expected
     with pytest.raises(BenchError, match="cifar-100-python/.*missing train, test, meta"):
-        vision.read_cifar(tmp_path / "nowhere", "cifar100")
+        read_cifar(tmp_path / "nowhere", "cifar100")
 
 
 @pytest.mark.parametrize(
@@ -160,7 +164,7 @@ def test_malformed_cifar_file_is_named_in_one_line(tmp_path, content):
     folder, _, _ = write_cifar10(tmp_path)
     (folder / "data_batch_2").write_bytes(content)
     with pytest.raises(BenchError) as error:
-        vision.read_cifar(tmp_path, "cifar10")
+        read_cifar(tmp_path, "cifar10")
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"malformed cifar10 file {folder / 'data_batch_2'}")
@@ -175,7 +179,7 @@ def test_cifar_pickle_cannot_run_code(tmp_path, capsys):
     folder, _, _ = write_cifar10(tmp_path)
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Payload()}, protocol=2))
     with pytest.raises(BenchError, match="refusing to load .*print"):
-        vision.read_cifar(tmp_path, "cifar10")
+        read_cifar(tmp_path, "cifar10")
     assert "must not run" not in capsys.readouterr().out
 
 
@@ -199,9 +203,9 @@ def test_command_line_data_dir_errors(tmp_path, capsys):
 
 def test_hold_out_is_a_fixed_partition():
     x, y = torch.arange(50.0)[:, None], torch.arange(50)
-    (train_x, train_y), (held_x, held_y) = vision.hold_out(x, y, 0.2)
+    (train_x, train_y), (held_x, held_y) = images.hold_out(x, y, 0.2)
     assert len(held_y) == 10 and sorted((*train_y.tolist(), *held_y.tolist())) == list(range(50))
-    assert torch.equal(vision.hold_out(x, y, 0.2)[1][1], held_y)  # the same every time
+    assert torch.equal(images.hold_out(x, y, 0.2)[1][1], held_y)  # the same every time
 
 
 def test_offline_datasets_are_generated_locally(monkeypatch):
@@ -211,16 +215,16 @@ def test_offline_datasets_are_generated_locally(monkeypatch):
         raise AssertionError("get_dataset downloads")
 
     monkeypatch.setattr(mnist1d.data, "get_dataset", no_download)
-    vision.mnist1d_splits.cache_clear()
+    images.mnist1d_splits.cache_clear()
     random.seed(7)
     np.random.seed(7)
     python_state, numpy_draw = random.getstate(), np.random.get_state()[1].copy()
-    splits = vision.mnist1d_splits()
+    splits = images.mnist1d_splits()
     assert random.getstate() == python_state  # make_dataset reseeds them: restored
     assert np.array_equal(np.random.get_state()[1], numpy_draw)
     sizes = [len(part[1]) for part in (splits.train, splits.valid, splits.test)]
     assert sizes == [3200, 800, 1000] and splits.train[0].shape[1:] == (1, 40)
-    digits = vision.digits_splits()
+    digits = images.digits_splits()
     assert [len(p[1]) for p in (digits.train, digits.valid, digits.test)] == [1150, 288, 359]
     assert digits.train[0].shape[1:] == (1, 8, 8) and float(digits.train[0].max()) == 1.0
 
@@ -252,7 +256,7 @@ def test_small_cnns_and_class_counts():
 def test_random_crop_flip_matches_slicing():
     images = torch.randn(6, 3, 8, 8)
     torch.manual_seed(3)
-    augmented = vision.random_crop_flip(images, padding=2)
+    augmented = random_crop_flip(images, padding=2)
     torch.manual_seed(3)  # the same draws, in the same order
     rows, cols = torch.randint(0, 5, (6,)), torch.randint(0, 5, (6,))
     flips = torch.rand(6) < 0.5
@@ -269,7 +273,7 @@ def test_accuracy_known_answer(monkeypatch):
     logits = torch.eye(4).repeat(3, 1)  # predicts 0, 1, 2, 3, 0, 1, ...
     labels = torch.tensor([0, 1, 2, 3, 1, 1, 1, 1, 0, 0, 1, 1])  # 4 + 1 + 1 right
     setup = Setup(
-        vision.Splits((logits, labels), (logits, labels), (logits, labels), 4),
+        images.Splits((logits, labels), (logits, labels), (logits, labels), 4),
         nn.Identity, lambda x: x, False, 1, 4, 0.0, torch.device("cpu"),
     )  # fmt: skip
     assert classify.accuracy(nn.Identity(), setup, logits, labels) == pytest.approx(50.0)
@@ -288,7 +292,7 @@ def tiny_run(tmp_path_factory):
 def test_writes_json_report_and_curves(tiny_run):
     out, results = tiny_run
     assert set(results) == {"meta", "tasks"} and list(results["tasks"]) == ["digits"]
-    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert is_png(out / "curves.png")
     report = (out / "report.md").read_text()
     for heading in ("## Verdict", "## Against the paper", "### `digits`", "cannot be compared"):
         assert heading in report
@@ -348,11 +352,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 
 def test_nan_loss_marks_the_trial_diverged(tmp_path):
-    digits = vision.digits_splits()
+    digits = images.digits_splits()
     poisoned = (digits.train[0].clone(), digits.train[1])
     poisoned[0][5] = math.nan
     setup = Setup(
-        vision.Splits(poisoned, digits.valid, digits.test, 10), vision.DigitsCNN, lambda x: x,
+        images.Splits(poisoned, digits.valid, digits.test, 10), vision.DigitsCNN, lambda x: x,
         False, 2, 64, 5e-4, torch.device("cpu"),
     )  # fmt: skip
     trial = classify.Trial("classify", "digits", "adam", 0.01, 0, "tune")

@@ -13,15 +13,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hvadam_bench import gan_metrics
 from hvadam_bench.cli import main
 from hvadam_bench.runner import BenchError
 from hvadam_bench.studies import gan
 from hvadam_bench.training import Interrupted
+from hvadam_bench.workloads import gan_metrics, gan_networks, gan_problems, gan_training
 
-from .conftest import write_cifar10
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from .conftest import is_png, write_cifar10
 
 
 @pytest.fixture
@@ -101,7 +99,7 @@ def test_mode_coverage_and_quality_on_hand_made_samples():
 
 @pytest.fixture(scope="module")
 def digits_train():
-    images, labels = gan.digits_splits()["train"]
+    images, labels = gan_problems.digits_splits()["train"]
     return images[:300], labels[:300]
 
 
@@ -139,7 +137,7 @@ def test_classifier_training_leaves_the_global_rng_alone(digits_train):
 
 @pytest.mark.parametrize("archive", [False, True])
 def test_cifar_reader_reads_folder_and_archive(tmp_path, archive):
-    train, test = gan.read_cifar10(write_cifar10(tmp_path / "data", archive=archive))
+    train, test = gan_problems.read_cifar10(write_cifar10(tmp_path / "data", archive=archive))
     assert train.shape == (30, 3, 32, 32) and test.shape == (6, 3, 32, 32)
     assert train.dtype == torch.uint8
     # row-major channel planes, as CIFAR stores them: the first image's red plane comes first
@@ -149,25 +147,25 @@ def test_cifar_reader_reads_folder_and_archive(tmp_path, archive):
 
 def test_cifar_reader_names_what_is_missing_or_malformed(tmp_path):
     with pytest.raises(BenchError, match="needs --data-dir"):
-        gan.read_cifar10(None)
+        gan_problems.read_cifar10(None)
     with pytest.raises(BenchError, match="cifar10 not found"):
-        gan.read_cifar10(tmp_path / "nowhere")
+        gan_problems.read_cifar10(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BenchError, match="cifar-10-batches-py"):
-        gan.read_cifar10(tmp_path / "empty")
+        gan_problems.read_cifar10(tmp_path / "empty")
     root = write_cifar10(tmp_path / "bad")
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(BenchError, match="malformed cifar10 file .*data_batch_3"):
-        gan.read_cifar10(root)
+        gan_problems.read_cifar10(root)
     (root / "cifar-10-batches-py" / "data_batch_3").write_bytes(
         pickle.dumps({b"data": torch.zeros(2, 100, dtype=torch.uint8).numpy(), b"labels": [0, 1]})
     )
     with pytest.raises(BenchError, match=r"data of shape \(2, 100\)"):
-        gan.read_cifar10(root)
+        gan_problems.read_cifar10(root)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "cifar-10-python.tar.gz").write_bytes(b"not gzip")
     with pytest.raises(BenchError, match="not a readable tar.gz"):
-        gan.read_cifar10(tmp_path / "broken")
+        gan_problems.read_cifar10(tmp_path / "broken")
 
 
 def test_cli_reports_a_missing_data_dir_in_one_line(tmp_path, capsys):
@@ -196,13 +194,16 @@ def test_cli_asks_for_the_inception_weights_then_torch_fidelity(tmp_path, capsys
 def test_cifar_networks_have_the_right_shapes():
     noise = torch.randn(3, 128)
     for generator, critic in (
-        (gan.DcganGenerator(128, 4), gan.DcganCritic(4)),
-        (gan.ResNetGenerator(128, 4), gan._spectral(gan.ResNetCritic(4))),
+        (gan_networks.DcganGenerator(128, 4), gan_networks.DcganCritic(4)),
+        (
+            gan_networks.ResNetGenerator(128, 4),
+            gan_networks._spectral(gan_networks.ResNetCritic(4)),
+        ),
     ):
         images = generator(noise)
         assert images.shape == (3, 3, 32, 32) and images.abs().max() <= 1
         assert critic(images).shape == (3, 1)
-    spectral = gan._spectral(gan.ResNetCritic(4))
+    spectral = gan_networks._spectral(gan_networks.ResNetCritic(4))
     assert all(
         torch.nn.utils.parametrize.is_parametrized(m)
         for m in spectral.modules()
@@ -212,7 +213,7 @@ def test_cifar_networks_have_the_right_shapes():
 
 def test_gan_optimizer_sets_the_first_moment_coefficient():
     for name in ("hvadam", "adam", "adabelief", "lookahead", "sgd", "rmsprop"):
-        optimizer = gan.gan_optimizer(name, [torch.zeros(2, requires_grad=True)], 1e-3)
+        optimizer = gan_training.gan_optimizer(name, [torch.zeros(2, requires_grad=True)], 1e-3)
         group = optimizer.param_groups[0]
         if name == "sgd":
             assert group["momentum"] == gan.GAN_BETA1
@@ -250,7 +251,7 @@ def test_end_to_end_then_a_rerun_that_reuses_every_stored_trial(
                 if dataset == "ring":
                     assert r["modes_covered"] is not None and 0 <= r["high_quality"] <= 1
         for figure in ("curves", "figure6", "samples"):
-            assert (out / f"{figure}_{dataset}.png").read_bytes().startswith(PNG_MAGIC)
+            assert is_png(out / f"{figure}_{dataset}.png")
     assert (out / "digits_classifier.pt").exists()
     report = (out / "report.md").read_text()
     for text in ("## Compared with the paper", "Table 4", "## ring", "## digits", "SN-GAN"):
@@ -303,12 +304,12 @@ def test_workers_give_the_single_process_result(tmp_path):
 
 
 def test_diverging_runs_are_reported_not_raised(tmp_path, monkeypatch, tiny_budgets):
-    real = gan.gan_optimizer
+    real = gan_training.gan_optimizer
 
     def exploding(name, params, lr):  # lr 10 stands for an lr at which training blows up
         return torch.optim.SGD(params, lr=1e30) if lr == 10 else real(name, params, lr)
 
-    monkeypatch.setattr(gan, "gan_optimizer", exploding)
+    monkeypatch.setattr(gan_training, "gan_optimizer", exploding)
     config = _config(lrs=(1e-3, 10.0), gans=["wgan", "sngan"], optimizers=["adam"])
     results = gan.run(config, tmp_path / "mixed", show_progress=False)
     for task in results["datasets"]["ring"]["gans"].values():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hvadam_bench.landscapes import DTYPE, all_names, landscape
+from hvadam_bench.workloads.landscapes import DTYPE, all_names, landscape
 
 
 @pytest.mark.parametrize("name", all_names())

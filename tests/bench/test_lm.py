@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hvadam_bench.cli import main
-from hvadam_bench.ptb import (
+from hvadam_bench.data.ptb import (
     EOS,
     UNK,
     batchify,
@@ -25,8 +25,10 @@ from hvadam_bench.ptb import (
 from hvadam_bench.runner import BenchError
 from hvadam_bench.studies import lm
 from hvadam_bench.training import Interrupted, TrialStore
+from hvadam_bench.workloads import lm as lm_workload
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from .conftest import is_png
+
 WORDS = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "house", "N", "<unk>"]
 
 # Tiny but complete runs: a 16-wide LSTM, 2 epochs of 3 steps, validated twice an epoch.
@@ -145,12 +147,14 @@ def test_missing_data_dir(tmp_path, capsys):
 
 def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size():
     config = replace(lm.LMConfig.preset_named("quick"), embedding=8, hidden=8)
-    model = lm.LSTMLanguageModel(50, config, depth=2)
+    model = lm_workload.LSTMLanguageModel(50, config, depth=2)
     with torch.no_grad():
         model.embedding.weight.zero_()  # tied decoder: every logit is 0
     data = batchify(torch.randint(0, 50, (400,)), 4)
-    assert lm.perplexity(lm.evaluate(model, data, bptt=7)) == pytest.approx(50, rel=1e-5)
-    assert lm.perplexity(1e6) == math.inf
+    assert lm_workload.perplexity(lm_workload.evaluate(model, data, bptt=7)) == pytest.approx(
+        50, rel=1e-5
+    )
+    assert lm_workload.perplexity(1e6) == math.inf
 
 
 # --- the suites end to end ------------------------------------------------------------------
@@ -182,7 +186,7 @@ def test_lm_writes_json_report_and_figures(lm_run):
         assert heading in report
     assert "cannot be compared in absolute terms" in report
     for figure in ("curves.png", "test_perplexity.png"):
-        assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+        assert is_png(out / figure)
     assert not list(out.glob(".*.tmp"))
 
 
@@ -245,7 +249,7 @@ def test_ablation_end_to_end(ptb_dir, tmp_path):
     for paper in ("85.04", "84.54", "83.42", "83.31"):
         assert paper in report
     for figure in ("ablation.png", "curves.png"):
-        assert (out / figure).read_bytes().startswith(PNG_MAGIC)
+        assert is_png(out / figure)
 
 
 def test_bad_options_are_one_line_errors(tmp_path, capsys):

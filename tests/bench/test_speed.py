@@ -11,7 +11,7 @@ from hvadam_bench.cli import main
 from hvadam_bench.studies import speed
 from hvadam_bench.studies.speed import _peak_step_bytes, floor_ms
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from .conftest import is_png
 
 
 def test_times_every_optimizer_and_writes_json_report_and_plot(tmp_path):
@@ -34,7 +34,7 @@ def test_times_every_optimizer_and_writes_json_report_and_plot(tmp_path):
         assert "ratio_to_adam_fused" not in entries["adam_loop"]  # fused Adam was not run
     report = (tmp_path / "report.md").read_text()
     assert "## 0.002M parameters" in report and "hvadam_foreach" in report
-    assert (tmp_path / "speed.png").read_bytes().startswith(PNG_MAGIC)
+    assert is_png(tmp_path / "speed.png")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ import pytest
 from hvadam_bench import runner
 from hvadam_bench.cli import main
 
+from .conftest import is_png
+
 TINY = [
     "valley",
     "--functions", "table1,nd-3",
@@ -23,7 +25,6 @@ TINY = [
     "--eval-starts", "2",
     "--no-progress",
 ]  # fmt: skip
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_writes_json_report_and_figures(tiny_run):
     report = (out / "report.md").read_text()
     assert "## Verdict" in report and "`table1`" in report
     for figure in ("curves.png", "contours_table1.png", "hidden_vector.png", "hvadam_dynamics.png"):
-        assert (out / figure).read_bytes().startswith(PNG_MAGIC), figure
+        assert is_png(out / figure), figure
     assert not (out / "contours_nd-3.png").exists()  # contours only for 2-D functions
     assert not list(out.glob(".*.tmp"))
 

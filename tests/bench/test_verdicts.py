@@ -12,7 +12,7 @@ from hvadam_bench.reporting.verdicts import (
     rank_label,
     ranks,
 )
-from hvadam_bench.studies import gan, lm, valley
+from hvadam_bench.studies import gan_report, lm, valley, valley_report
 
 
 def test_comparable_rounds_to_four_significant_digits_and_sends_failures_last():
@@ -62,7 +62,7 @@ def test_valley_verdict_sentences():
     }
     for entry in functions.values():
         valley._rank(entry)
-    lines = valley._verdict(functions)
+    lines = valley_report._verdict(functions)
     assert lines[:3] == [
         "## Verdict",
         "",
@@ -99,12 +99,16 @@ def _gan_task(**means_and_stds) -> dict:
 
 
 def test_gan_verdicts():
-    assert gan.hvadam_verdict(_gan_task(adam=(1.0, 0.1))) == "not run"
-    assert gan.hvadam_verdict(_gan_task(hvadam=(None, None), adam=(1.0, 0.1))) == "failed"
-    assert gan.hvadam_verdict(_gan_task(hvadam=(0.5, 0.1), adam=(1.0, 0.1))) == "best"
-    assert gan.hvadam_verdict(_gan_task(hvadam=(1.1, 0.1), adam=(1.0, 0.1))) == "tied"
-    assert gan.hvadam_verdict(_gan_task(hvadam=(2.0, 0.1), adam=(1.0, 0.1))) == "behind"
+    assert gan_report.hvadam_verdict(_gan_task(adam=(1.0, 0.1))) == "not run"
+    assert gan_report.hvadam_verdict(_gan_task(hvadam=(None, None), adam=(1.0, 0.1))) == "failed"
+    assert gan_report.hvadam_verdict(_gan_task(hvadam=(0.5, 0.1), adam=(1.0, 0.1))) == "best"
+    assert gan_report.hvadam_verdict(_gan_task(hvadam=(1.1, 0.1), adam=(1.0, 0.1))) == "tied"
+    assert gan_report.hvadam_verdict(_gan_task(hvadam=(2.0, 0.1), adam=(1.0, 0.1))) == "behind"
     # HVAdam's ablations are not its rivals.
-    assert gan.hvadam_verdict(_gan_task(hvadam=(2.0, 0.1), hvadam2=(0.1, 0.0))) == "best"
+    assert gan_report.hvadam_verdict(_gan_task(hvadam=(2.0, 0.1), hvadam2=(0.1, 0.0))) == "best"
     task = _gan_task(hvadam=(1.00001, 0.1), adam=(0.99999, 0.1), sgd=(None, None))
-    assert gan._ranked(task) == ["hvadam", "adam", "sgd"]  # equal to 4 digits: optimizer order
+    assert gan_report._ranked(task) == [
+        "hvadam",
+        "adam",
+        "sgd",
+    ]  # equal to 4 digits: optimizer order

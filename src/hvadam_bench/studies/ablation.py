@@ -14,11 +14,11 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from hvadam_bench import plots
 from hvadam_bench.optimizers import SPECS
-from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting import figures as plots
+from hvadam_bench.reporting.markdown import fmt, table
 from hvadam_bench.runner import atomic_write_json, atomic_write_text, prepare_output
-from hvadam_bench.studies import lm
+from hvadam_bench.studies import lm, lm_report
 
 SUITE = "ablation"
 VARIANTS = ("hvadam0", "hvadam1", "hvadam2", "hvadam")
@@ -55,7 +55,7 @@ def run(
     }
     atomic_write_json(out / "ablation.json", results)
     ablation_figure(variants, out / "ablation.png")
-    lm.curves_figure({"1": variants}, out / "curves.png", config.evals_per_epoch)
+    lm_report.curves_figure({"1": variants}, out / "curves.png", config.evals_per_epoch)
     atomic_write_text(out / "report.md", render_report(results))
     return results
 
@@ -72,7 +72,7 @@ def relative_change(values: dict[str, float | None], reference: str) -> dict[str
 def ablation_figure(variants: dict, path: Path) -> None:
     """Validation perplexity relative to HVAdam⁰ (= Adam), ours beside the paper's: the
     absolute numbers of a CPU run and of the paper differ, the relative steps can agree."""
-    import matplotlib.pyplot as plt  # after hvadam_bench.plots, which selects Agg
+    import matplotlib.pyplot as plt  # after reporting.figures, which selects Agg
 
     names = [n for n in VARIANTS if n in variants] + [n for n in variants if n not in VARIANTS]
     ours = relative_change({n: variants[n]["valid_mean"] for n in names}, "hvadam0")
@@ -118,9 +118,9 @@ def render_report(results: dict) -> str:
                 s["label"],
                 fmt(PAPER_VALID_PPL.get(name), 4),
                 _percent(paper_change[name]),
-                lm.mean_std(s["valid_mean"], s["valid_std"]),
+                lm_report.mean_std(s["valid_mean"], s["valid_std"]),
                 _percent(ours_change[name]),
-                lm.mean_std(s["test_mean"], s["test_std"]),
+                lm_report.mean_std(s["test_mean"], s["test_std"]),
                 fmt(s["lr"]),
                 _listing(s["extra"].get("metric_restarts")),
                 _listing(s["extra"].get("metric_delta")),
@@ -137,9 +137,9 @@ def render_report(results: dict) -> str:
         f"Learning-rate grid: {list(config['lrs'])}, β2 = 0.999; tuning seed 0; final seeds "
         f"{config['seeds']}.",
         "",
-        "**Setup.** " + lm.describe_setup(config, meta["corpus"]),
+        "**Setup.** " + lm_report.describe_setup(config, meta["corpus"]),
         "",
-        lm.timing_sentence(timing),
+        lm_report.timing_sentence(timing),
         "",
         "## Table 5, ours beside the paper's",
         "",
@@ -217,10 +217,10 @@ def comparison(config: dict, variants: dict, names: list[str]) -> list[str]:
             "- HVAdam restarted its hidden vector in none of its final runs (δ̂ never fell below "
             "0.1), so it ran exactly as HVAdam²: the restart step is not exercised here."
         )
-    note = lm.hidden_step_note([variants[n] for n in variants if n != "hvadam0"])
+    note = lm_report.hidden_step_note([variants[n] for n in variants if n != "hvadam0"])
     if note:
         lines.append(f"- {note}")
-    if not lm.paper_scale(config):
+    if not lm_report.paper_scale(config):
         lines += [
             "",
             "This run is the CPU preset (a small LSTM, a reduced vocabulary, a short run), "
@@ -252,6 +252,6 @@ def main(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"wrote {out / 'ablation.json'}, {out / 'report.md'} and figures")
     for summary in results["variants"].values():
-        valid = lm.mean_std(summary["valid_mean"], summary["valid_std"])
+        valid = lm_report.mean_std(summary["valid_mean"], summary["valid_std"])
         print(f"  {summary['label']:<24} valid ppl {valid}")
     return 0

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from hvadam import HVAdam
-from hvadam_bench import plots
-from hvadam_bench.report import fmt, table
+from hvadam_bench.reporting import figures as plots
+from hvadam_bench.reporting.markdown import fmt, table
 from hvadam_bench.runner import (
     BenchError,
     Counter,

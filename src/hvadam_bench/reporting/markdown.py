@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def fmt(value: float | int | None, digits: int = 3) -> str:
@@ -16,6 +16,20 @@ def fmt(value: float | int | None, digits: int = 3) -> str:
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
+
+
+def two_decimals(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def mean_std(
+    mean: float | None, std: float | None, number: Callable[[float], str] = two_decimals
+) -> str:
+    """``mean ± std`` for a table, each written by ``number``: ``—`` without a mean, the mean
+    alone without a standard deviation."""
+    if mean is None:
+        return "—"
+    return f"{number(mean)} ± {number(std)}" if std is not None else number(mean)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], bold: set[int] = frozenset()):

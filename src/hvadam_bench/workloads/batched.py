@@ -22,8 +22,8 @@ from torch.func import vmap
 
 import hvadam.functional as F
 from hvadam import ScopeState
-from hvadam_bench.landscapes import DTYPE, Landscape
 from hvadam_bench.optimizers import OptimizerSpec
+from hvadam_bench.workloads.landscapes import DTYPE, Landscape
 
 
 @dataclass

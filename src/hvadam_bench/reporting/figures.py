@@ -30,7 +30,8 @@ COLOURS = {
 }
 
 
-def _style(name: str) -> dict:
+def optimizer_style(name: str) -> dict:
+    """Colour, width and layer of an optimizer's line: HVAdam drawn thick, on top."""
     return {
         "color": COLOURS.get(name, "black"),
         "linewidth": 2.2 if name == "hvadam" else 1.1,
@@ -61,7 +62,7 @@ def contour_trajectories(landscape, trajectories: Mapping[str, torch.Tensor], la
         grid_x, grid_y, values, levels=sorted(set(levels.tolist())), cmap="Greys", linewidths=0.6
     )
     for name, path_points in trajectories.items():
-        axes.plot(path_points[:, 0], path_points[:, 1], label=labels[name], **_style(name))
+        axes.plot(path_points[:, 0], path_points[:, 1], label=labels[name], **optimizer_style(name))
         axes.plot(path_points[0, 0], path_points[0, 1], "o", color=COLOURS.get(name), markersize=3)
     axes.plot(*landscape.minimizer.tolist(), "x", color="orange", markersize=12, mew=3)
     axes.set_title(f"{landscape.name}: {landscape.description}")
@@ -79,7 +80,7 @@ def loss_curves(curves: Mapping[str, Mapping[str, list]], labels, path: Path) ->
         for name, curve in by_optimizer.items():
             axis.plot(
                 [max(c, 1e-12) if c is not None else float("nan") for c in curve],
-                **_style(name),
+                **optimizer_style(name),
                 label=labels[name],
             )
         axis.set_yscale("log")
