@@ -287,7 +287,9 @@ SUMMARY_SECTIONS = ("Verdict", "Summary")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common_arguments(parser, "valley", "small grid and function set, under 2 minutes on 2 cores")
+    common_arguments(
+        parser, "valley", "small grid and function set, about 80 s of CPU over 2 worker processes"
+    )
     parser.add_argument("--functions", type=names, help="comma-separated function names")
     parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
     parser.add_argument("--lrs", type=numbers, help="learning-rate grid, comma-separated")
