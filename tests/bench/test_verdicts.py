@@ -112,3 +112,14 @@ def test_gan_verdicts():
         "adam",
         "sgd",
     ]  # equal to 4 digits: optimizer order
+
+
+def test_valley_names_an_ablation_that_ties_with_hvadam():
+    functions = {"even": _valley_entry({"hvadam": -4.0001, "hvadam2": -4.0003, "adam": -3.0})}
+    valley._rank(functions["even"])
+    lines = valley_report._verdict(functions)
+    assert lines[4] == "- Faster: `even` (-1.00 vs Adam)."
+    assert lines[7] == (
+        "- An ablation of HVAdam (paper Table 5) is the overall winner on: `even` "
+        "(HVAdam² (no restart), tied with HVAdam)."
+    )
