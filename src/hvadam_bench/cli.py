@@ -18,7 +18,7 @@ from hvadam_bench.reporting.markdown import sections
 from hvadam_bench.runner import BenchError, atomic_write_text, prepare_output, release_locks
 
 # Every study is a module of hvadam_bench.studies with HELP, add_arguments(parser), main(args).
-STUDIES = ("valley", "speed", "lm", "ablation", "classify", "gan")
+STUDIES = ("valley", "speed", "lm", "ablation", "classify", "gan", "variants")
 # What `hvadam-bench all` runs: every suite's CPU default (speed is machine-specific: not here).
 ALL = ("valley", "lm", "ablation", "classify", "gan")
 

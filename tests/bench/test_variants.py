@@ -51,6 +51,14 @@ def test_tiny_run_writes_json_report_and_diagnostics(tmp_path):
     assert quadratic["hv-cap-1"]["diagnostics"]["ratio_median"] <= 1 + 1e-9
 
 
+def test_command_line_offers_the_study():
+    from hvadam_bench.cli import build_parser
+
+    args = build_parser().parse_args(["variants", "--quick", "--out", "x", "--jobs", "1"])
+    assert (args.preset, args.out, args.jobs, args.render) == ("quick", "x", 1, False)
+    assert build_parser().parse_args(["variants"]).preset == "default"
+
+
 def test_landscape_unit_is_deterministic():
     config = tiny_config(functions=["table1"])
     first = variants.landscape_unit(config, "table1", "hv-paper")

@@ -483,19 +483,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the same as `hvadam-bench variants ...`
     import sys
 
-    from hvadam_bench.runner import release_locks
+    from hvadam_bench.cli import main as cli_main
 
-    command = argparse.ArgumentParser(
-        prog="python -m hvadam_bench.studies.variants", description=HELP
-    )
-    add_arguments(command)
-    try:
-        sys.exit(main(command.parse_args()))
-    except BenchError as error:
-        print(f"hvadam-bench variants: {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        release_locks()
+    sys.exit(cli_main(["variants", *sys.argv[1:]]))
