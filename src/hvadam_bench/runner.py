@@ -226,6 +226,28 @@ def numbers(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds N`` in every study: the final (reported) seeds 1..N; seed 0 tunes."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count, got {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--seeds must be at least 1, got {count}")
+    return list(range(1, count + 1))
+
+
+def job_count(text: str) -> int:
+    """``--jobs N`` in every study: worker processes, at least 1 (results do not depend on it)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--jobs takes a count of at least 1, got {text!r}")
+    return count
+
+
 def common_arguments(parser: argparse.ArgumentParser, study: str, quick_help: str) -> None:
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from hvadam_bench import cli
 from hvadam_bench.reporting.markdown import sections
+from hvadam_bench.runner import BenchError
 
 REPORT = """# A study
 
@@ -68,3 +71,15 @@ def test_all_stops_at_a_failing_suite(tmp_path, monkeypatch):
     monkeypatch.setattr(cli._study(second), "main", lambda args: called.append(1) or 0)
     assert cli.main(["all", "--out", str(tmp_path), "--no-progress"]) == 2
     assert not called and not (tmp_path / "report.md").exists()
+
+
+def test_seeds_and_jobs_mean_the_same_in_every_study():
+    """`--seeds N` is the final seeds 1..N and `--jobs N` a worker count in every study that
+    takes them (gan once took a list of seeds, lm and classify a count)."""
+    parser = cli.build_parser()
+    for study in ("lm", "ablation", "classify", "gan"):
+        args = parser.parse_args([study, "--seeds", "3", "--jobs", "2"])
+        assert args.seeds == [1, 2, 3] and args.jobs == 2, study
+    for study in ("lm", "classify", "gan", "valley"):
+        with pytest.raises(BenchError, match="--jobs takes a count of at least 1"):
+            parser.parse_args([study, "--jobs", "0"])

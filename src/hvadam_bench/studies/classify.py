@@ -36,9 +36,11 @@ from hvadam_bench.runner import (
     atomic_write_text,
     common_arguments,
     default_jobs,
+    job_count,
     names,
     numbers,
     prepare_output,
+    seed_list,
     versions,
 )
 from hvadam_bench.studies.classify_report import (
@@ -425,14 +427,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (or -100)")
     parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
     parser.add_argument("--lrs", type=numbers, help="learning-rate grid, comma-separated")
-    parser.add_argument("--seeds", type=int, help="final seeds per optimizer")
+    parser.add_argument("--seeds", type=seed_list, help="number of final seeds (1..N)")
     parser.add_argument("--epochs", type=int, help="epochs per run (default: per task)")
     parser.add_argument("--batch-size", type=int, help="batch size (default: per task)")
     parser.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
     parser.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (quick default: 1)")
     parser.add_argument(
-        "--jobs", type=int,
+        "--jobs", type=job_count,
         help="worker processes, one thread each (quick default: 2, full: 1); results do not "
         "depend on it",
     )  # fmt: skip
@@ -441,11 +443,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = ClassifyConfig.preset_named(args.preset)
     for name in (
-        "tasks", "optimizers", "lrs", "seeds", "epochs", "batch_size", "weight_decay",
+        "tasks", "optimizers", "lrs", "epochs", "batch_size", "weight_decay",
         "dataset", "data_dir", "device", "threads", "jobs",
     ):  # fmt: skip
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
+    if getattr(args, "seeds", None) is not None:
+        config.seeds = len(args.seeds)  # seeds 1..N, as --seeds means in every study
     config.validate()
     if config.data_dir is not None and not any(TASKS[n].cifar_model for n in config.tasks):
         print(

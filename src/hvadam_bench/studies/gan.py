@@ -39,9 +39,11 @@ from hvadam_bench.runner import (
     atomic_write_text,
     common_arguments,
     default_jobs,
+    job_count,
     names,
     numbers,
     prepare_output,
+    seed_list,
     versions,
 )
 from hvadam_bench.studies.gan_report import (
@@ -338,13 +340,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gans", type=names, help=f"comma-separated, of {', '.join(GANS)}")
     parser.add_argument("--optimizers", type=names, help="comma-separated optimizer names")
     parser.add_argument("--lrs", type=numbers, help="learning-rate grid, comma-separated")
-    parser.add_argument(
-        "--seeds", type=numbers, help="final seeds, comma-separated (not the tuning seed 0)"
-    )
+    parser.add_argument("--seeds", type=seed_list, help="number of final seeds (1..N)")
     parser.add_argument("--iterations", type=int, help="generator iterations per run")
     parser.add_argument("--device", help="cpu or cuda (default: cpu; cuda with --full if any)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes (default: 2 with the CPU default, else 1)"
+        "--jobs", type=job_count, help="worker processes (default: 2 with the CPU default, else 1)"
     )
     parser.add_argument("--data-dir", type=Path, help="folder holding CIFAR-10 (cifar10 only)")
     parser.add_argument(
@@ -360,9 +360,7 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None:
             setattr(config, name, getattr(args, name))
     if getattr(args, "seeds", None) is not None:
-        if any(s != int(s) for s in args.seeds):
-            raise BenchError(f"--seeds must be integers, got {args.seeds}")
-        config.seeds = tuple(int(s) for s in args.seeds)
+        config.seeds = tuple(args.seeds)
     config.data_dir = getattr(args, "data_dir", None)
     config.inception_weights = getattr(args, "inception_weights", None)
     config.validate()

@@ -24,9 +24,11 @@ from hvadam_bench.runner import (
     atomic_write_text,
     common_arguments,
     default_jobs,
+    job_count,
     names,
     numbers,
     prepare_output,
+    seed_list,
     versions,
 )
 from hvadam_bench.studies.lm_report import (
@@ -194,17 +196,6 @@ HELP = "Penn Treebank LSTM language models, 1-3 layers (paper Figure 5)"
 SUMMARY_SECTIONS = ("Verdict", "Comparison with the paper")
 
 
-def seed_list(text: str) -> list[int]:
-    """``--seeds N``: the final seeds 1..N (seed 0 is the tuning seed)."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count, got {text!r}") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be at least 1, got {count}")
-    return list(range(1, count + 1))
-
-
 def thread_count(text: str) -> int:
     try:
         count = int(text)
@@ -214,16 +205,6 @@ def thread_count(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"--threads takes a count (0: torch's default), got {text!r}"
         )
-    return count
-
-
-def job_count(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"--jobs takes a count of at least 1, got {text!r}")
     return count
 
 

@@ -35,6 +35,7 @@ from hvadam_bench.runner import (
     common_arguments,
     default_jobs,
     finite_or_none,
+    job_count,
     log_spaced,
     names,
     numbers,
@@ -300,7 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-starts", type=int, help="held-out starting points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--jobs", type=int, help="worker processes (default: 2, or 1 on a one-core machine); "
+        "--jobs", type=job_count, help="worker processes (default: 2, or 1 on a one-core machine); "
         "results do not depend on it",
     )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list functions and optimizers")
