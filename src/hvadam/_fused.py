@@ -9,6 +9,11 @@ pair serves every model whose tensors come in groups of that size (plus one pair
 remainder), and Inductor's on-disk cache serves later processes. Everything that changes from
 step to step (lr, β1, β2, bias corrections, the scope's decision) enters as a tensor, so a
 scheduler never causes a recompile.
+
+A compiled call costs Python, guard checks and wrapper work for every tensor argument, so the
+scalars travel packed: one ``(n, 4)`` tensor of per-tensor scalars, one tensor of the group's
+options and one of the scope's decision per call, instead of a 0-dim tensor each. On CPU, groups
+of small tensors run on one thread (:data:`SMALL_NUMEL`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from hvadam._common import (
     GroupOptions,
     Prepared,
     Segment,
-    StepScalars,
     buckets,
     compute_dtype,
     decayed_weight_factor,
@@ -43,52 +47,67 @@ UPCASTS_INSIDE = True
 # one call per tensor would dominate the step of a model with many small tensors.
 GROUP = 16
 
+# On CPU, tensors below ATen's grain size for parallel loops (at::internal::GRAIN_SIZE) go to
+# kernels compiled for one thread, as ATen (and so fused Adam) runs such tensors. Inductor
+# decides a kernel's threading once, from the sizes of its first call, and every loop of a
+# threaded kernel ends in a barrier of both threads: on a busy machine a barrier waits for a
+# descheduled thread, and a group of 16 tensors of 3k floats measured 27x slower threaded.
+SMALL_NUMEL = 32768
 
-def _effective_grad(
-    grad: Tensor, param: Tensor | None, dtype, sign: Tensor, l2: Tensor | None
-) -> Tensor:
-    """As :func:`hvadam._common.effective_grad`: signed, L2-decayed, saturated."""
-    g = grad.to(dtype) * sign
-    if l2 is not None and param is not None:  # L2 decay reads θ in pass 1 too, else not θ
-        g = g + l2 * param.to(dtype)
+# Columns of the per-tensor scalars (hvadam._common.StepScalars) packed for the kernels.
+NEG_BC1, INV_BC1, EPS_SCALED, NEG_STEP = range(4)
+# Positions of the group's options in the packed constants; "l2" and "cap" are 0 when the
+# option is off (the kernels then skip them: whether they are on is a compile-time flag).
+CONSTANTS = (
+    "sign", "one_minus_beta1", "one_minus_beta2", "eps", "gamma", "decay_factor", "lr_hidden",
+    "l2", "cap",
+)  # fmt: skip
+C = {name: index for index, name in enumerate(CONSTANTS)}
+# Positions of the scope's decision in its packed tensor.
+V_WEIGHT, HIDDEN_COEF = range(2)
+
+
+def _effective_grad(grad: Tensor, param: Tensor | None, dtype, constants: Tensor) -> Tensor:
+    """As :func:`hvadam._common.effective_grad`: signed, L2-decayed, saturated. ``param`` is
+    None when there is no L2 decay (then pass 1 need not read θ)."""
+    g = grad.to(dtype) * constants[C["sign"]]
+    if param is not None:
+        g = g + constants[C["l2"]] * param.to(dtype)
     return torch.clamp(g, -saturation(dtype), saturation(dtype))
 
 
-def _shares(
-    params, grads, exp_avgs, hiddens, one_minus_beta1, neg_bc1, inv_bc1, sign, l2, *, dtype
-):
+def _shares(params, grads, exp_avgs, hiddens, scalars, constants, *, dtype) -> Tensor:
     """Each tensor's row ``(<m,m>, <m,u>, <u,u>) / bc1²``, with ``m`` the updated momentum (not
     stored) and ``u = m - bc1·v``: an (n, 3) tensor, one output for the whole group (separate
     outputs would cost an allocation each on every call). ``params`` is None unless L2 decay
-    reads it."""
+    reads it; ``scalars`` is the group's rows of the packed per-tensor scalars."""
     rows = []
     for j, (grad, exp_avg, hidden) in enumerate(zip(grads, exp_avgs, hiddens)):
-        g = _effective_grad(grad, None if params is None else params[j], dtype, sign, l2)
+        g = _effective_grad(grad, None if params is None else params[j], dtype, constants)
         m = exp_avg.to(dtype)
-        m = m + one_minus_beta1 * (g - m)
-        u = m + neg_bc1[j] * hidden.to(dtype)
-        weight = inv_bc1[j] * inv_bc1[j]
+        m = m + constants[C["one_minus_beta1"]] * (g - m)
+        u = m + scalars[j, NEG_BC1] * hidden.to(dtype)
+        weight = scalars[j, INV_BC1] * scalars[j, INV_BC1]
         rows.append(torch.stack([(m * m).sum(), (m * u).sum(), (u * u).sum()]) * weight)
     return torch.stack(rows)
 
 
 def _update(
-    params, grads, exp_avgs, second_moments, hiddens, max_second_moments,
-    one_minus_beta1, one_minus_beta2, eps_scaled, neg_step, inv_bc1, seeds, sign, l2, eps, gamma,
-    cap, decay_factor, lr_hidden, v_weight, hidden_coef, *, dtype, hidden_moment,
+    params, grads, exp_avgs, second_moments, hiddens, max_second_moments, scalars, seeds,
+    constants, decision, *, dtype, hidden_moment, l2, cap,
 ) -> None:  # fmt: skip
     """Steps 2-9 of docs/algorithm.md §3 and the hidden-vector update, written in place, for
     every tensor.
 
-    With a decision (``v_weight`` not None): ``v ← (1-w)·v + (w/bc1)·m``, then
+    With a decision (``decision`` not None, ``(w, b_t)``): ``v ← (1-w)·v + (w/bc1)·m``, then
     ``θ ← θ - lr_hidden·b_t·v``."""
     for j, (param, grad, exp_avg, second_moment) in enumerate(
         zip(params, grads, exp_avgs, second_moments)
     ):
-        g = _effective_grad(grad, param, dtype, sign, l2)
-        theta = param.to(dtype) * decay_factor
+        g = _effective_grad(grad, param if l2 else None, dtype, constants)
+        theta = param.to(dtype) * constants[C["decay_factor"]]
         m = exp_avg.to(dtype)
-        m = m + one_minus_beta1 * (g - m)
+        m = m + constants[C["one_minus_beta1"]] * (g - m)
         s = second_moment.to(dtype)
         limit = saturation(dtype)
         if hidden_moment:
@@ -96,77 +115,118 @@ def _update(
             # p saturated too: γ is a tensor here even when 0, and 0·inf would be NaN. Where p
             # would overflow, η·p saturates either way, so this agrees with the readable path.
             distance = torch.clamp((g - v) * (g - v), max=limit)
-            noise = torch.clamp((g - m) * (g - m) + eps + gamma * distance, max=limit)
+            noise = torch.clamp(
+                (g - m) * (g - m) + constants[C["eps"]] + constants[C["gamma"]] * distance,
+                max=limit,
+            )
             eta_p = distance / noise * distance
-            if cap is not None:
-                eta_p = torch.minimum(eta_p, cap * (g * g))
+            if cap:
+                eta_p = torch.minimum(eta_p, constants[C["cap"]] * (g * g))
             eta_p = torch.clamp(eta_p, max=limit)
-            s = s + one_minus_beta2 * (eta_p - s) + eps
+            s = s + constants[C["one_minus_beta2"]] * (eta_p - s) + constants[C["eps"]]
         else:
-            s = s + one_minus_beta2 * (torch.clamp(g * g, max=limit) - s)
+            s = s + constants[C["one_minus_beta2"]] * (torch.clamp(g * g, max=limit) - s)
         store(second_moment, s, seeds[j] * 4 + STREAMS["second_moments"])
         if max_second_moments is not None:
             s = torch.maximum(max_second_moments[j].to(dtype), s)
             store(max_second_moments[j], s, seeds[j] * 4 + STREAMS["max_second_moments"])
-        theta = theta + m * neg_step[j] / (s.sqrt() + eps_scaled[j])
-        if v_weight is not None:
-            v = hiddens[j].to(dtype) * (1 - v_weight) + m * (v_weight * inv_bc1[j])
+        theta = theta + m * scalars[j, NEG_STEP] / (s.sqrt() + scalars[j, EPS_SCALED])
+        if decision is not None:
+            v_weight = decision[V_WEIGHT]
+            v = hiddens[j].to(dtype) * (1 - v_weight) + m * (v_weight * scalars[j, INV_BC1])
             store(hiddens[j], v, seeds[j] * 4 + STREAMS["hidden_vectors"])
-            theta = theta - v * (hidden_coef * lr_hidden)
+            theta = theta - v * (decision[HIDDEN_COEF] * constants[C["lr_hidden"]])
         store(exp_avg, m, seeds[j] * 4 + STREAMS["exp_avgs"])
         param.copy_(theta)
 
 
+def _shares_one_thread(*args, **kwargs) -> Tensor:
+    """:func:`_shares`, compiled for one thread."""
+    return _shares(*args, **kwargs)
+
+
+def _update_one_thread(*args, **kwargs) -> None:
+    """:func:`_update`, compiled for one thread."""
+    _update(*args, **kwargs)
+
+
+ONE_THREAD = {_shares: _shares_one_thread, _update: _update_one_thread}
+
+
 @functools.cache
 def _compiled(kernel):
-    # Symbolic shapes: the same compiled code for every tensor size.
-    return torch.compile(kernel, dynamic=True, fullgraph=True, options={"size_asserts": False})
+    # Symbolic shapes: the same compiled code for every tensor size. The one-thread variants
+    # are separate functions, so that dynamo keeps their compiled code apart.
+    options: dict = {"size_asserts": False}
+    if kernel in ONE_THREAD.values():
+        options["cpp.threads"] = 1
+    return torch.compile(kernel, dynamic=True, fullgraph=True, options=options)
 
 
 class _Bucket(NamedTuple):
     """What both passes of one bucket (tensors of one device, dtype and reduction key) need:
     computed once per step in pass 1 and carried to pass 2."""
 
-    indices: list[int]
+    groups: list[tuple[int, list[int], bool]]  # (offset, tensor indices, on one thread)
     dtype: torch.dtype
-    scalars: StepScalars
+    scalars: Tensor  # (n, 4): NEG_BC1, INV_BC1, EPS_SCALED, NEG_STEP of each tensor
     seeds: Tensor
-    constants: dict
+    constants: Tensor  # the group's options at the positions of CONSTANTS
+    l2: bool
+    cap: bool
 
 
-def _constants(opts: GroupOptions, like: Tensor) -> dict:
-    """The group's options as kernel arguments: values as tensors (a change does not
-    recompile), ``l2`` as None when there is none (so pass 1 need not read θ)."""
+def _constants(opts: GroupOptions, like: Tensor) -> dict[str, Tensor | None]:
+    """The group's options as kernel arguments, filled on ``like``'s device (a change does not
+    recompile): ``"packed"``, the values at the positions of :data:`CONSTANTS`, and each one
+    by name, ``l2`` and ``cap`` as None when off."""
     factor = decayed_weight_factor(opts)
     l2 = opts.decay == "l2" and opts.weight_decay != 0
-    names = [
-        "sign", "one_minus_beta1", "one_minus_beta2", "eps", "gamma", "decay_factor", "lr_hidden"
-    ]  # fmt: skip
-    values = [
-        -1.0 if opts.maximize else 1.0,
-        1 - opts.beta1,
-        1 - opts.beta2,
-        opts.eps,
-        opts.gamma,
-        1.0 if factor is None else factor,
-        opts.lr_hidden,
-    ]
-    if l2:
-        names.append("l2")
-        values.append(opts.weight_decay)
-    if opts.second_moment_cap is not None and opts.hidden_moment:
-        names.append("cap")
-        values.append(opts.second_moment_cap)
-    packed = torch.stack([device_scalar(value, like) for value in values])
-    constants: dict[str, Tensor | None] = dict(zip(names, packed.unbind()))
-    constants.setdefault("l2", None)
-    constants.setdefault("cap", None)
+    cap = opts.second_moment_cap if opts.hidden_moment else None  # the cap acts on η·p alone
+    values = {
+        "sign": -1.0 if opts.maximize else 1.0,
+        "one_minus_beta1": 1 - opts.beta1,
+        "one_minus_beta2": 1 - opts.beta2,
+        "eps": opts.eps,
+        "gamma": opts.gamma,
+        "decay_factor": 1.0 if factor is None else factor,
+        "lr_hidden": opts.lr_hidden,
+        "l2": opts.weight_decay if l2 else 0.0,
+        "cap": 0.0 if cap is None else cap,
+    }
+    packed = torch.stack([device_scalar(values[name], like) for name in CONSTANTS])
+    constants: dict[str, Tensor | None] = dict(zip(CONSTANTS, packed.unbind()))
+    constants["packed"] = packed
+    if not l2:
+        constants["l2"] = None
+    if cap is None:
+        constants["cap"] = None
     return constants
 
 
-def _groups(indices: list[int]) -> list[tuple[int, list[int]]]:
-    """``(offset, tensor indices)`` of each group of at most :data:`GROUP` tensors."""
-    return [(start, indices[start : start + GROUP]) for start in range(0, len(indices), GROUP)]
+def _groups(segment: Segment, indices: list[int]) -> list[tuple[int, list[int], bool]]:
+    """``(offset, tensor indices, on one thread)`` of each group of at most :data:`GROUP`
+    tensors; on a CPU with several threads, small tensors and large ones in separate groups
+    (small first), so that the offsets index the bucket's tensors in that order."""
+    first = segment.params[indices[0]]
+    if first.device.type == "cpu" and torch.get_num_threads() > 1:
+        small = [i for i in indices if segment.params[i].numel() < SMALL_NUMEL]
+        large = [i for i in indices if segment.params[i].numel() >= SMALL_NUMEL]
+        classes = [(small, True), (large, False)]
+    else:
+        classes = [(indices, False)]
+    groups = []
+    offset = 0
+    for members, one_thread in classes:
+        for start in range(0, len(members), GROUP):
+            group = members[start : start + GROUP]
+            groups.append((offset, group, one_thread))
+            offset += len(group)
+    return groups
+
+
+def _kernel(kernel, one_thread: bool):
+    return _compiled(ONE_THREAD[kernel] if one_thread else kernel)
 
 
 def prepare(segment: Segment) -> Prepared:
@@ -174,37 +234,42 @@ def prepare(segment: Segment) -> Prepared:
     opts = segment.options
     rows = []
     carry = []
-    kernel = _compiled(_shares)
     for indices in buckets(segment):
-        steps = take(segment.steps, indices)
+        groups = _groups(segment, indices)
+        ordered = [i for _, group, _ in groups for i in group]
+        steps = take(segment.steps, ordered)
         torch._foreach_add_(steps, 1)
-        first = indices[0]
+        first = ordered[0]
         dtype = compute_dtype(segment.params[first].dtype, segment.exp_avgs[first].dtype)
-        scalars = step_scalars(steps, opts, dtype)
+        step = step_scalars(steps, opts, dtype)
+        scalars = torch.stack([step.neg_bc1, step.inv_bc1, step.eps_scaled, step.neg_step], 1)
+        constants = _constants(opts, step.neg_bc1)
         bucket = _Bucket(
-            indices, dtype, scalars, torch.stack(steps), _constants(opts, scalars.neg_bc1)
+            groups,
+            dtype,
+            scalars,
+            torch.stack(steps),
+            constants["packed"],  # type: ignore[arg-type]
+            l2=constants["l2"] is not None,
+            cap=constants["cap"] is not None,
         )
         carry.append(bucket)
         if not opts.hidden_step:
             continue
-        constants = bucket.constants
         rows += [
             (
                 group,
-                kernel(
-                    take(segment.params, group) if constants["l2"] is not None else None,
+                _kernel(_shares, one_thread)(
+                    take(segment.params, group) if bucket.l2 else None,
                     take(segment.grads, group),
                     take(segment.exp_avgs, group),
                     take(segment.hidden_vectors, group),
-                    constants["one_minus_beta1"],
-                    scalars.neg_bc1[start : start + len(group)],
-                    scalars.inv_bc1[start : start + len(group)],
-                    constants["sign"],
-                    constants["l2"],
+                    scalars[offset : offset + len(group)],
+                    bucket.constants,
                     dtype=dtype,
                 ),
             )
-            for start, group in _groups(indices)
+            for offset, group, one_thread in groups
         ]
     return Prepared(rows=rows, carry=carry)
 
@@ -212,37 +277,27 @@ def prepare(segment: Segment) -> Prepared:
 def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
     """Pass 2 over every group of tensors."""
     opts = segment.options
-    kernel = _compiled(_update)
     for bucket in prepared.carry:
-        scalars, constants = bucket.scalars, bucket.constants
-        v_weight = hidden_coef = None
+        packed_decision = None
         if decision is not None:
-            v_weight = decision.v_weight.to(scalars.neg_step)
-            hidden_coef = decision.hidden_coef.to(scalars.neg_step)
-        for start, group in _groups(bucket.indices):
-            window = slice(start, start + len(group))
-            kernel(
+            packed_decision = torch.stack([decision.v_weight, decision.hidden_coef]).to(
+                bucket.scalars
+            )
+        for offset, group, one_thread in bucket.groups:
+            window = slice(offset, offset + len(group))
+            _kernel(_update, one_thread)(
                 take(segment.params, group),
                 take(segment.grads, group),
                 take(segment.exp_avgs, group),
                 take(segment.second_moments, group),
                 take(segment.hidden_vectors, group) or None,
                 take(segment.max_second_moments, group) if opts.amsgrad else None,
-                constants["one_minus_beta1"],
-                constants["one_minus_beta2"],
-                scalars.eps_scaled[window],
-                scalars.neg_step[window],
-                scalars.inv_bc1[window],
+                bucket.scalars[window],
                 bucket.seeds[window],
-                constants["sign"],
-                constants["l2"],
-                constants["eps"],
-                constants["gamma"],
-                constants["cap"],
-                constants["decay_factor"],
-                constants["lr_hidden"],
-                v_weight,
-                hidden_coef,
+                bucket.constants,
+                packed_decision,
                 dtype=bucket.dtype,
                 hidden_moment=opts.hidden_moment,
+                l2=bucket.l2,
+                cap=bucket.cap,
             )
