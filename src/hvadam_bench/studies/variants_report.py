@@ -244,6 +244,8 @@ def render_report(results: dict) -> str:
         "adaptive step is smaller than Adam's by about its square root). Medians over the "
         "recorded steps (every 10th) of the final runs; restarts: the most any final run had.",
         "",
+        _diagnostics_table(results, meta["reference"], labels),
+        "",
         "![diagnostics over training](diagnostics.png)",
         "",
     ]
@@ -319,3 +321,22 @@ def _task_section(name: str, task: dict, entry: dict, labels: dict) -> list[str]
         ),  # fmt: skip
         "",
     ]
+
+
+def _diagnostics_table(results: dict, reference: str, labels: dict) -> str:
+    """Per task, the paper's HVAdam's diagnostics beside those of the task's best variant."""
+    rows = []
+    for name, task in results["tasks"].items():
+        best = results["verdict"]["tasks"][name]["best_member"]
+        for member in dict.fromkeys((reference, best)):
+            diagnostics = task["optimizers"][member].get("diagnostics") or {}
+            rows.append(
+                [name, labels[member], *(fmt(diagnostics.get(key)) for key in (
+                    "delta_max", "b_max", "hidden_share_median", "hidden_share_max",
+                    "restarts", "ratio_median"))]
+            )  # fmt: skip
+    return table(
+        ["task", "optimizer", "δ max", "b max", "share (median)", "share (max)", "restarts",
+         "ratio"],
+        rows,
+    )  # fmt: skip
