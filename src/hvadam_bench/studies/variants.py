@@ -16,6 +16,7 @@ import argparse
 import functools
 import hashlib
 import json
+import resource
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -423,6 +424,16 @@ def run(config: VariantsConfig, out: Path, show_progress: bool = True) -> dict:
         tasks.update(work())
         seconds[label] = round(time.perf_counter() - started, 1)
     seconds["total"] = round(time.perf_counter() - began, 1)
+    # CPU time of this process and its finished workers: on a machine shared with other
+    # work, the wall time says little about what the study itself costs.
+    seconds["cpu"] = round(
+        sum(
+            usage.ru_utime + usage.ru_stime
+            for usage in (resource.getrusage(resource.RUSAGE_SELF),
+                          resource.getrusage(resource.RUSAGE_CHILDREN))
+        ),
+        1,
+    )  # fmt: skip
     results = {"meta": _meta(config, seconds), "tasks": tasks}
     results["verdict"] = verdicts(results)
     atomic_write_json(out / "variants.json", results)
