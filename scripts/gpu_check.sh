@@ -85,7 +85,7 @@ fi
 stage tests 200 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
     tests/hvadam/test_cuda.py tests/hvadam/test_host_sync.py
 stage speed 170 "$PYTHON" -m hvadam_bench speed --device cuda --full \
-    --optimizers "$SPEED_OPTIMIZERS" --out "$RESULTS" --no-progress
+    --optimizers "$SPEED_OPTIMIZERS" --out "$RESULTS" --no-progress --no-training-step
 stage graph 60 "$PYTHON" scripts/cuda_graph_step.py --out "$RESULTS"
 stage training-step 110 "$PYTHON" -m hvadam_bench.training_step --device cuda --preset full \
     --workloads "$WORKLOADS" --out "$RESULTS" --no-progress

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from hvadam_bench import compile_cost, training_step
 from hvadam_bench.cli import main
 from hvadam_bench.studies import speed
 from hvadam_bench.studies.speed import _peak_step_bytes, floor_ms
@@ -16,7 +17,16 @@ from .conftest import is_png
 
 def test_times_every_optimizer_and_writes_json_report_and_plot(tmp_path):
     names = ["hvadam_single", "hvadam_foreach", "adam_loop", "adabelief_pytorch"]
-    args = ["speed", "--sizes", "2000,4000", "--tensors", "10", "--rounds", "2"]
+    args = [
+        "speed",
+        "--sizes",
+        "2000,4000",
+        "--tensors",
+        "10",
+        "--rounds",
+        "2",
+        "--no-training-step",
+    ]
     assert main([*args, "--optimizers", ",".join(names), "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "speed.json").read_text())
     assert list(results["sizes"]) == ["2000", "4000"]
@@ -111,3 +121,21 @@ def test_host_sync_check_runs_steps_under_the_error_mode_and_restores_it(monkeyp
     assert speed._sync_cell({"host_sync": None}) == []
     assert 200_000_000 in speed.SpeedConfig.preset_named("full", "cuda").sizes
     assert 200_000_000 not in speed.SpeedConfig.preset_named("full").sizes
+
+
+def test_report_carries_the_training_step_and_compile_sections(tmp_path):
+    results = speed.run(
+        speed.SpeedConfig(sizes=[2000], tensors=2, rounds=1, optimizers=["hvadam_single", "adam_loop"]),
+        tmp_path,
+        show_progress=False,
+    )
+    step_config = training_step.TrainingStepConfig(
+        workloads=["cnn"], optimizers=["adam", "hvadam"], rounds=1, tiny=True
+    )
+    results["training_step"] = training_step.run(step_config, tmp_path, show_progress=False)
+    results["compile_cost"] = compile_cost.with_ratios(
+        {"Adam": {"cold_s": 40.0, "warm_ms": 1.0}, "HVAdam": {"cold_s": 50.0, "warm_ms": 1.5}}
+    )
+    report = speed.render_report(results)
+    assert "Compiling a whole training step" in report
+    assert training_step.render_section(results["training_step"]).splitlines()[0] in report

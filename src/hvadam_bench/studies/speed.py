@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from hvadam import HVAdam
+from hvadam_bench import compile_cost, training_step
 from hvadam_bench.reporting import figures as plots
 from hvadam_bench.reporting.markdown import fmt, table
 from hvadam_bench.runner import (
@@ -357,6 +358,10 @@ def render_report(results: dict) -> str:
             )  # fmt: skip
         )
         lines.append("")
+    if "training_step" in results:
+        lines += [training_step.render_section(results["training_step"]), ""]
+    if "compile_cost" in results:
+        lines += [compile_cost.render(results["compile_cost"]), ""]
     lines += ["![ms per step](speed.png)", ""]
     return "\n".join(lines)
 
@@ -379,6 +384,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensors", type=int, help="tensors per model (default 100)")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--no-training-step",
+        action="store_true",
+        help="skip the whole-training-step section (transformer LM, PTB LSTM, CNN, 300 tensors)",
+    )
+    parser.add_argument(
+        "--compile-cost",
+        action="store_true",
+        help="also time a cold torch.compile of a whole training step, HVAdam vs Adam "
+        "(several minutes per optimizer on 2 cores)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -391,6 +407,13 @@ def main(args: argparse.Namespace) -> int:
     config.validate()
     out = prepare_output(args.out)
     results = run(config, out, show_progress=not args.no_progress)
+    if not args.no_training_step:
+        step_config = training_step.TrainingStepConfig.preset_named(args.preset, args.device)
+        results["training_step"] = training_step.run(step_config, out, not args.no_progress)
+    if args.compile_cost:
+        results["compile_cost"] = compile_cost.measure_all()
+    atomic_write_json(out / "speed.json", results)
+    atomic_write_text(out / "report.md", render_report(results))
     print(f"wrote {out / 'speed.json'}, {out / 'report.md'} and {out / 'speed.png'}")
     for size, entries in results["sizes"].items():
         cells = ", ".join(f"{name} {e['median_ms']:.1f}" for name, e in entries.items())
