@@ -125,7 +125,9 @@ def test_host_sync_check_runs_steps_under_the_error_mode_and_restores_it(monkeyp
 
 def test_report_carries_the_training_step_and_compile_sections(tmp_path):
     results = speed.run(
-        speed.SpeedConfig(sizes=[2000], tensors=2, rounds=1, optimizers=["hvadam_single", "adam_loop"]),
+        speed.SpeedConfig(
+            sizes=[2000], tensors=2, rounds=1, optimizers=["hvadam_single", "adam_loop"]
+        ),
         tmp_path,
         show_progress=False,
     )
