@@ -12,7 +12,7 @@ import optax
 
 import hvadam_jax
 from tests.hvadam.problems import CoupledValley, max_deviation
-from tests.hvadam.reference import GroupConfig, ReferenceHVAdam
+from tests.hvadam.reference import GroupConfig
 
 # Reference options that name the same thing in hvadam_jax.hvadam under another name, and those
 # a transformation expresses by its place in an optax tree instead of by an argument.
@@ -121,18 +121,6 @@ def run_jax(problem: CoupledValley, configs, steps: int, dtype=jnp.float64, pert
         params, state = step(params, state, grads)
         trajectory.append(from_tree(params))
     return trajectory, state
-
-
-def run_reference(problem: CoupledValley, configs, steps: int, perturb: float = 0.0):
-    ref = ReferenceHVAdam(problem.initial(), configs)
-    for group in ref.params:
-        for p in group:
-            p += perturb
-    trajectory = []
-    for t in range(1, steps + 1):
-        ref.step(problem.grads(ref.params, t))
-        trajectory.append([[p.copy() for p in group] for group in ref.params])
-    return trajectory, ref
 
 
 def deviations(a, b) -> np.ndarray:

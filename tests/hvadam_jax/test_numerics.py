@@ -14,8 +14,9 @@ import optax
 import pytest
 
 import hvadam_jax
+from tests.hvadam.problems import run_reference
 from tests.hvadam.reference import GroupConfig
-from tests.hvadam_jax.harness import deviations, run_jax, run_reference
+from tests.hvadam_jax.harness import deviations, run_jax
 
 SHAPES = [(4, 3), (5,), (1,)]
 REGIMES = ["zero", "constant", "tiny", "huge", "normal", "mixed", "extreme"]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.hvadam.problems import run_reference
 from tests.hvadam.reference import GroupConfig
 from tests.hvadam.test_reference_agreement import CASES, SHAPES, problem_for
-from tests.hvadam_jax.harness import deviations, require_expressible, run_jax, run_reference
+from tests.hvadam_jax.harness import deviations, require_expressible, run_jax
 
 # Every case of the PyTorch suite (a case added there is run here too, or skipped naming what
 # hvadam_jax cannot express), and a global scope over groups that share their options.
