@@ -33,7 +33,10 @@ def magnitude(dtype: torch.dtype, where: float | torch.Tensor) -> float | torch.
     low, high = math.log10(info.smallest_normal * info.eps), math.log10(info.max)
     if torch.is_tensor(where):
         return torch.pow(10.0, low + where * (high - low)).clamp(max=info.max)
-    return min(10.0 ** (low + where * (high - low)), info.max)
+    try:
+        return min(10.0 ** (low + where * (high - low)), info.max)
+    except OverflowError:  # where = 1 can round to a power just past float64's maximum
+        return info.max
 
 
 def gradient(kind: str, shape, step: int, scale: float, dtype, generator: torch.Generator):
