@@ -85,7 +85,9 @@ def _shares(params, grads, exp_avgs, hiddens, scalars, constants, *, dtype) -> T
     for j, (grad, exp_avg, hidden) in enumerate(zip(grads, exp_avgs, hiddens)):
         g = _effective_grad(grad, None if params is None else params[j], dtype, constants)
         m = exp_avg.to(dtype)
-        m = m + constants[C["one_minus_beta1"]] * (g - m)
+        # lerp, as the other paths: its two-sided form keeps m between m and g, where
+        # m + w·(g - m) can round past the saturation at w = 1 (then g - m overflows).
+        m = torch.lerp(m, g, constants[C["one_minus_beta1"]])
         u = m + scalars[j, NEG_BC1] * hidden.to(dtype)
         weight = scalars[j, INV_BC1] * scalars[j, INV_BC1]
         rows.append(torch.stack([(m * m).sum(), (m * u).sum(), (u * u).sum()]) * weight)
@@ -99,15 +101,17 @@ def _update(
     """Steps 2-9 of docs/algorithm.md §3 and the hidden-vector update, written in place, for
     every tensor.
 
-    With a decision (``decision`` not None, ``(w, b_t)``): ``v ← (1-w)·v + (w/bc1)·m``, then
-    ``θ ← θ - lr_hidden·b_t·v``."""
+    With a decision (``decision`` not None, a row ``(w, b_t)`` per tensor):
+    ``v ← (1-w)·v + (w/bc1)·m``, then ``θ ← θ - lr_hidden·b_t·v``."""
     for j, (param, grad, exp_avg, second_moment) in enumerate(
         zip(params, grads, exp_avgs, second_moments)
     ):
         g = _effective_grad(grad, param if l2 else None, dtype, constants)
         theta = param.to(dtype) * constants[C["decay_factor"]]
         m = exp_avg.to(dtype)
-        m = m + constants[C["one_minus_beta1"]] * (g - m)
+        # lerp, as the other paths: its two-sided form keeps m between m and g, where
+        # m + w·(g - m) can round past the saturation at w = 1 (then g - m overflows).
+        m = torch.lerp(m, g, constants[C["one_minus_beta1"]])
         s = second_moment.to(dtype)
         limit = saturation(dtype)
         if hidden_moment:
@@ -132,10 +136,10 @@ def _update(
             store(max_second_moments[j], s, seeds[j] * 4 + STREAMS["max_second_moments"])
         theta = theta + m * scalars[j, NEG_STEP] / (s.sqrt() + scalars[j, EPS_SCALED])
         if decision is not None:
-            v_weight = decision[V_WEIGHT]
+            v_weight = decision[j, V_WEIGHT]
             v = hiddens[j].to(dtype) * (1 - v_weight) + m * (v_weight * scalars[j, INV_BC1])
             store(hiddens[j], v, seeds[j] * 4 + STREAMS["hidden_vectors"])
-            theta = theta - v * (decision[HIDDEN_COEF] * constants[C["lr_hidden"]])
+            theta = theta - v * (decision[j, HIDDEN_COEF] * constants[C["lr_hidden"]])
         store(exp_avg, m, seeds[j] * 4 + STREAMS["exp_avgs"])
         param.copy_(theta)
 
@@ -274,16 +278,18 @@ def prepare(segment: Segment) -> Prepared:
     return Prepared(rows=rows, carry=carry)
 
 
-def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
-    """Pass 2 over every group of tensors."""
+def apply(segment: Segment, prepared: Prepared, decisions: list[Decision] | None) -> None:
+    """Pass 2 over every group of tensors; ``decisions`` holds each group's tensors'
+    decisions, in the order of ``prepared.rows``."""
     opts = segment.options
+    per_group = iter(decisions) if decisions is not None else None
     for bucket in prepared.carry:
-        packed_decision = None
-        if decision is not None:
-            packed_decision = torch.stack([decision.v_weight, decision.hidden_coef]).to(
-                bucket.scalars
-            )
         for offset, group, one_thread in bucket.groups:
+            packed_decision = None
+            if per_group is not None:
+                decision = next(per_group)
+                packed_decision = torch.stack([decision.v_weight, decision.hidden_coef], 1)
+                packed_decision = packed_decision.to(bucket.scalars)
             window = slice(offset, offset + len(group))
             _kernel(_update, one_thread)(
                 take(segment.params, group),

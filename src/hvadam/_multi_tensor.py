@@ -144,11 +144,12 @@ def _update_second_moments(
     torch._foreach_add_(second_moments, opts.eps)
 
 
-def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
-    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update, per run of tensors."""
+def apply(segment: Segment, prepared: Prepared, decisions: list[Decision] | None) -> None:
+    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update, per run of tensors;
+    ``decisions`` holds each run's tensors' decisions, in the order of ``prepared.rows``."""
     opts = segment.options
     factor = decayed_weight_factor(opts)
-    for indices in _runs(segment):
+    for run, indices in enumerate(_runs(segment)):
         params = take(segment.params, indices)
         exp_avgs = take(segment.exp_avgs, indices)
         dtype = params[0].dtype
@@ -173,11 +174,12 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
         torch._foreach_addcdiv_(params, exp_avgs, denom)
         del denom
 
-        if decision is not None:
+        if decisions is not None:
             hidden = take(segment.hidden_vectors, indices)
-            weight = decision.v_weight.to(device=params[0].device, dtype=dtype)
-            coef = decision.hidden_coef.to(device=params[0].device, dtype=dtype)
+            weights = decisions[run].v_weight.to(device=params[0].device, dtype=dtype)
+            coefs = decisions[run].hidden_coef.to(device=params[0].device, dtype=dtype)
             m_hats = torch._foreach_mul(exp_avgs, list(scalars.inv_bc1.unbind()))
-            torch._foreach_lerp_(hidden, m_hats, [weight] * len(hidden))
+            torch._foreach_lerp_(hidden, m_hats, list(weights.unbind()))
             del m_hats
-            torch._foreach_add_(params, torch._foreach_mul(hidden, coef * (-opts.lr_hidden)))
+            neg_coefs = list((coefs * (-opts.lr_hidden)).unbind())
+            torch._foreach_add_(params, torch._foreach_mul(hidden, neg_coefs))

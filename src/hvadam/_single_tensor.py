@@ -82,21 +82,22 @@ def prepare(segment: Segment) -> Prepared:
     return Prepared(rows=rows)
 
 
-def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> None:
-    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update of steps 9-10."""
+def apply(segment: Segment, prepared: Prepared, decisions: list[Decision] | None) -> None:
+    """Steps 2 (decoupled decay), 4-8 and the hidden-vector update of steps 9-10;
+    ``decisions`` holds each bucket's tensors' decisions, in the order of ``prepared.rows``."""
     opts = segment.options
     factor = decayed_weight_factor(opts)
-    for indices in buckets(segment):
+    for bucket, indices in enumerate(buckets(segment)):
         first = segment.params[indices[0]]
         scalars = step_scalars(take(segment.steps, indices), opts, first.dtype)
         eps_scaled, neg_step = scalars.eps_scaled.unbind(), scalars.neg_step.unbind()
-        if decision is not None:
+        if decisions is not None:
             # v ← v + w·(m̂ - v) = (1-w)·v + (w/bc1)·m; θ ← θ - α2·b_t·v.
-            weight = decision.v_weight.to(device=first.device, dtype=first.dtype)
-            keep = 1 - weight
+            weight = decisions[bucket].v_weight.to(device=first.device, dtype=first.dtype)
+            keeps = (1 - weight).unbind()
             m_weights = (weight * scalars.inv_bc1).unbind()
-            hidden_coef = decision.hidden_coef.to(device=first.device, dtype=first.dtype)
-            neg_hidden_coef = hidden_coef * (-opts.lr_hidden)
+            hidden_coef = decisions[bucket].hidden_coef.to(device=first.device, dtype=first.dtype)
+            neg_hidden_coefs = (hidden_coef * (-opts.lr_hidden)).unbind()
 
         cap = opts.second_moment_cap if opts.hidden_moment else None
         scratch = _Scratch(segment, indices, count=2 if cap is None else 3)
@@ -153,7 +154,7 @@ def apply(segment: Segment, prepared: Prepared, decision: Decision | None) -> No
             denom.add_(eps_scaled[j]).div_(neg_step[j])
             param.addcdiv_(exp_avg, denom)
 
-            if decision is not None:
+            if decisions is not None:
                 hidden = segment.hidden_vectors[i]
-                hidden.mul_(keep).addcmul_(exp_avg, m_weights[j])
-                param.addcmul_(hidden, neg_hidden_coef)
+                hidden.mul_(keeps[j]).addcmul_(exp_avg, m_weights[j])
+                param.addcmul_(hidden, neg_hidden_coefs[j])

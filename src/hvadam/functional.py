@@ -30,7 +30,7 @@ from hvadam._common import GroupOptions, Prepared, Segment, compute_dtype
 from hvadam._rounding import STREAMS, store
 from hvadam._validation import VARIANTS, HiddenStepSize
 from hvadam.distributed import ScopeLayout, is_active, local_segment, scope_layout
-from hvadam.scope import Decision, ScopeState, decide, reduce_partial_sums
+from hvadam.scope import Decision, ScopeState, decide, kept_rows, reduce_partial_sums
 
 __all__ = [
     "GroupOptions",
@@ -160,6 +160,31 @@ def _rows_by_key(
     return by_key
 
 
+def _per_tensor(
+    decision: Decision,
+    segment: Segment,
+    prepared: Prepared,
+    aligned_kept: dict,
+    layout: ScopeLayout | None,
+) -> list[Decision]:
+    """The scope's decision as the tensors of each entry of ``prepared.rows`` take it
+    (:meth:`Decision.for_tensors`): a tensor takes part in the hidden update only if its row
+    entered the sums, judged on the whole tensor for sharded pieces (all-reduced rows)."""
+    out = []
+    for indices, rows in prepared.rows:
+        key = segment.reduction_keys[indices[0]]
+        if layout is not None and key in layout.aligned and segment.positions is not None:
+            by_position = aligned_kept[key]
+            kept = torch.stack([by_position[segment.positions[i]] for i in indices])
+        else:
+            # In the dtype reduce_partial_sums sums them in: a row finite in float64 may not be
+            # in the scope's float32.
+            dtype = decision.v_weight.dtype if key == () else torch.float64
+            kept = kept_rows(rows.to(dtype))
+        out.append(decision.for_tensors(kept.to(decision.v_weight.device)))
+    return out
+
+
 def step_scope(
     segments: Sequence[tuple[Segment, str]],
     scope_state: ScopeState | None,
@@ -195,7 +220,7 @@ def step_scope(
             layout.aligned if layout else None,
         )
         decision = decide(
-            sums,
+            sums.totals,
             scope_state,
             beta2=options.beta2,
             restart=options.restart,
@@ -206,7 +231,10 @@ def step_scope(
         )
 
     for kernel, segment, prepared, write_back in runs:
-        kernel.apply(segment, prepared, decision)
+        decisions = None
+        if decision is not None:
+            decisions = _per_tensor(decision, segment, prepared, sums.aligned_kept, layout)
+        kernel.apply(segment, prepared, decisions)
         for back in write_back:
             seed = None if back.step is None else back.step * 4 + back.stream
             store(back.original, back.copy, seed)

@@ -6,6 +6,7 @@ One HVAdam step over a scope is three named pieces (``hvadam.functional`` compos
    every tensor contributes its share of ``c = <m̂, m̂>``, ``e = <m̂, d>`` and ``f = <d, d>``.
    A tensor whose share is not finite (a NaN or inf gradient, or values whose squares overflow)
    is left out and counted (:func:`scope_share`): one bad tensor cannot freeze its whole scope.
+   It takes no part in the hidden update either (:meth:`Decision.for_tensors`).
 2. *reduction* (:func:`reduce_partial_sums`): the shares are added up over the scope; shares of
    sharded tensors are all-reduced over the process groups that hold the other pieces.
 3. *decision* (:func:`decide`): from ``(c, e, f)`` and the scope scalars, a branch-free
@@ -96,14 +97,30 @@ INTEGER_SCOPE_KEYS = tuple(
 
 
 class Decision(NamedTuple):
-    """What the update pass applies to every tensor of the scope.
+    """What the update pass applies to the tensors of the scope.
 
     ``v ← lerp(v, m̂, v_weight)`` (1 on a restart, ``1 - k`` on a hidden step, 0 otherwise), then
     ``θ ← θ - lr_hidden · hidden_coef · v`` (``hidden_coef`` is ``b_t``, or 0 when no hidden step).
+    The scope's decision holds 0-dim tensors; :meth:`for_tensors` gives each tensor's own.
     """
 
     v_weight: Tensor
     hidden_coef: Tensor
+    restarting: Tensor
+
+    def for_tensors(self, kept: Tensor) -> Decision:
+        """The decision as ``n`` tensors take it, from ``kept`` (``(n,)`` bool: whether each
+        tensor's row entered the sums): a tensor left out of the decision takes no part in its
+        hidden update, since ``k`` says nothing about that tensor's ``d``: its ``v`` stays as it
+        was (a restart still sets ``v ← m̂``) and it takes no hidden step. Followed blindly,
+        ``v' = m̂ - k·d`` could leave the dtype's range for it (|v'| ≤ |m̂| holds only for
+        tensors in the sums)."""
+        zero = torch.zeros_like(self.v_weight)
+        return Decision(
+            v_weight=torch.where(kept | self.restarting, self.v_weight, zero),
+            hidden_coef=torch.where(kept, self.hidden_coef, zero),
+            restarting=self.restarting.expand_as(kept),
+        )
 
 
 # Shares whose key is the empty tuple are local; any other key is the tuple of process groups
@@ -111,16 +128,30 @@ class Decision(NamedTuple):
 ReductionKey = tuple
 
 
+def kept_rows(rows: Tensor) -> Tensor:
+    """Which of the rows ``(n, 3)`` of ``(c, e, f)`` enter the scope's sums: the finite ones."""
+    return rows.isfinite().all(dim=1)
+
+
 def scope_share(rows: Tensor) -> Tensor:
     """The share of ``n`` tensors, from their rows ``(n, 3)`` of ``(c, e, f)``: the sum of the
     finite rows and the number of rows left out, ``(Σc, Σe, Σf, left_out)``.
 
     A tensor whose row is not finite takes no part in the scope's decision (its own state is
-    already lost, as it would be under Adam), so the healthy tensors keep their hidden step.
+    already lost, as it would be under Adam, or its squares overflow), so the healthy tensors
+    keep their hidden step.
     """
-    finite = rows.isfinite().all(dim=1)
+    finite = kept_rows(rows)
     kept = torch.where(finite[:, None], rows, torch.zeros_like(rows)).sum(0)
     return torch.cat([kept, (~finite).sum().to(rows.dtype).view(1)])
+
+
+class ScopeSums(NamedTuple):
+    """What :func:`reduce_partial_sums` gives: the scope's ``(c, e, f, left_out, n)`` and, for
+    each key of sharded pieces, which tensors (by position) entered the sums."""
+
+    totals: Tensor
+    aligned_kept: dict[ReductionKey, Tensor]
 
 
 def reduce_partial_sums(
@@ -129,7 +160,7 @@ def reduce_partial_sums(
     dtype: torch.dtype,
     reduction_keys: Sequence[ReductionKey] = (),
     aligned: Mapping[ReductionKey, int] | None = None,
-) -> Tensor:
+) -> ScopeSums:
     """The scope's ``(c, e, f, left_out, n)`` from its per-tensor rows ``(c, e, f)`` by
     reduction key: ``Σ local + Σ_k all_reduce_k(rows_k)``, rows that are not finite left out
     (:func:`scope_share`).
@@ -145,7 +176,8 @@ def reduce_partial_sums(
     call the same collectives in the same order. Keys not listed there are reduced after them.
 
     ``n`` counts the (rank, key) pairs that brought rows: ``n = 0`` means no tensor of the scope
-    had a gradient on any rank, and :func:`decide` then leaves the scope as it was.
+    had a gradient on any rank, and :func:`decide` then leaves the scope as it was. For each key
+    in ``aligned``, :attr:`ScopeSums.aligned_kept` says which tensors (by position) were kept.
     """
     aligned = aligned or {}
     local = rows.get(())
@@ -155,8 +187,9 @@ def reduce_partial_sums(
     # Fills, not copies of host values: a blocking host-to-device copy would wait for the device.
     taken = torch.zeros(1, device=device, dtype=dtype).fill_(float(local is not None))
     remote = list(reduction_keys) + [k for k in rows if k and k not in reduction_keys]
+    aligned_kept: dict[ReductionKey, Tensor] = {}
     if not remote:
-        return torch.cat([total, taken])
+        return ScopeSums(torch.cat([total, taken]), aligned_kept)
 
     import torch.distributed as dist
 
@@ -171,10 +204,14 @@ def reduce_partial_sums(
             buffer[size].fill_(1)
         for group in key:
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
-        share = scope_share(buffer[:size].view(-1, 3)) if key in aligned else buffer[:size]
+        if key in aligned:
+            aligned_kept[key] = kept_rows(buffer[:size].view(-1, 3))
+            share = scope_share(buffer[:size].view(-1, 3))
+        else:
+            share = buffer[:size]
         total = total + share.to(dtype)
         taken = taken + buffer[size:].to(dtype)
-    return torch.cat([total, taken])
+    return ScopeSums(torch.cat([total, taken]), aligned_kept)
 
 
 def hidden_step_size_of(rule: HiddenStepSize, delta: Tensor) -> Tensor:
@@ -260,4 +297,4 @@ def decide(
     state.restart_count.add_(wants_restart.to(state.restart_count.dtype))
     nonfinite = took_part & ((left_out > 0) | bad_step_size)
     state.nonfinite_steps.add_(nonfinite.to(state.nonfinite_steps.dtype))
-    return Decision(v_weight=v_weight, hidden_coef=hidden_coef)
+    return Decision(v_weight=v_weight, hidden_coef=hidden_coef, restarting=restarting)

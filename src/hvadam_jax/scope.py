@@ -60,7 +60,7 @@ class ScopeState(NamedTuple):
 
 
 class Decision(NamedTuple):
-    """What every leaf of the scope applies after the decision.
+    """What the leaves of the scope apply after the decision.
 
     ``v ← v + v_weight·(m̂ - v)`` (``v_weight``: 1 on a restart, ``1 - k`` on a hidden step, 0
     otherwise), then ``θ ← θ - lr_hidden · hidden_coef · v`` (``hidden_coef = b_t`` or 0).
@@ -68,6 +68,18 @@ class Decision(NamedTuple):
 
     v_weight: jax.Array
     hidden_coef: jax.Array
+    restarting: jax.Array
+
+    def for_leaf(self, kept: jax.Array) -> Decision:
+        """The decision as one leaf takes it: a leaf left out of the sums (``kept`` false)
+        keeps its ``v`` (a restart still sets ``v ← m̂``) and takes no hidden step, since
+        ``k`` says nothing about its ``d``."""
+        zero = jnp.zeros_like(self.v_weight)
+        return Decision(
+            v_weight=jnp.where(kept | self.restarting, self.v_weight, zero),
+            hidden_coef=jnp.where(kept, self.hidden_coef, zero),
+            restarting=self.restarting,
+        )
 
 
 def leaf_share(
@@ -89,18 +101,19 @@ def leaf_share(
     return jnp.stack([c * (inverse * inverse), e * (inverse * inverse), f])
 
 
-def scope_sums(shares: list[jax.Array], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    """The scope's ``(c, e, f)`` and the number of leaves left out.
+def scope_sums(shares: list[jax.Array], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The scope's ``(c, e, f)``, the number of leaves left out, and which leaves were kept.
 
     A leaf whose share is not finite (a NaN or inf gradient, or squares that overflow) takes no
-    part in the decision, which every leaf then follows: one bad leaf cannot freeze the scope.
+    part in the decision nor in its hidden update (:meth:`Decision.for_leaf`): one bad leaf
+    cannot freeze the scope.
     """
     if not shares:
-        return jnp.zeros(3, dtype), jnp.zeros((), jnp.int32)
+        return jnp.zeros(3, dtype), jnp.zeros((), jnp.int32), jnp.zeros(0, bool)
     rows = jnp.stack([share.astype(dtype) for share in shares])
     finite = jnp.all(jnp.isfinite(rows), axis=1)
-    kept = jnp.sum(jnp.where(finite[:, None], rows, jnp.zeros_like(rows)), axis=0)
-    return kept, jnp.sum(~finite).astype(jnp.int32)
+    sums = jnp.sum(jnp.where(finite[:, None], rows, jnp.zeros_like(rows)), axis=0)
+    return sums, jnp.sum(~finite).astype(jnp.int32), finite
 
 
 def hidden_step_size_of(rule: HiddenStepSize, delta: jax.Array) -> jax.Array:
@@ -190,4 +203,5 @@ def decide(
         nonfinite_steps=state.nonfinite_steps
         + ((left_out > 0) | bad_step_size).astype(state.nonfinite_steps.dtype),
     )
-    return Decision(v_weight=v_weight, hidden_coef=hidden_coef), new_state
+    decision = Decision(v_weight=v_weight, hidden_coef=hidden_coef, restarting=restarting)
+    return decision, new_state

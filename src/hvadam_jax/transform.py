@@ -171,6 +171,20 @@ def _value_at(schedule: ScalarOrSchedule, count: jax.Array) -> Any:
     return schedule(count) if callable(schedule) else schedule
 
 
+def _saturation(dtype: jnp.dtype) -> float:
+    """Where the gradient and the step's squares saturate: a quarter of the dtype's maximum, as
+    in ``hvadam._common.saturation`` (README, "Numerics")."""
+    return float(jnp.finfo(dtype).max) / 4
+
+
+def _lerp(start: jax.Array, end: jax.Array, weight: Any) -> jax.Array:
+    """``start + weight·(end - start)`` in ``torch.lerp``'s two-sided form, which keeps the
+    result between ``start`` and ``end``: the one-sided form can round past ``end`` at weight 1,
+    and a momentum one ulp beyond the saturation makes the next ``g - m`` overflow."""
+    diff = end - start
+    return jnp.where(jnp.abs(weight) < 0.5, start + weight * diff, end - diff * (1 - weight))
+
+
 def _ordered_after(value: jax.Array, other: jax.Array) -> jax.Array:
     """``value``, unchanged, but made to depend on ``other`` (one element of it).
 
@@ -321,15 +335,15 @@ def hvadam(
         lr_h = lr if lr_hidden is None else _value_at(lr_hidden, state.count)
 
         def effective_grad(i: int) -> jax.Array:
-            """``g`` after ``maximize`` and L2 decay, saturated at half the dtype's maximum: a
-            finite gradient near the maximum would otherwise overflow ``g - m``."""
+            """``g`` after ``maximize`` and L2 decay, saturated at a quarter of the dtype's
+            maximum: a finite gradient near the maximum would otherwise overflow ``g - m``."""
             dtype = exp_avgs[i].dtype
             g = grads[i].astype(dtype)
             if maximize:
                 g = -g
             if has_decay and decays[i] and decay == "l2":
                 g = g + _as(weight_decay, dtype) * param_leaves[i].astype(dtype)
-            limit = float(jnp.finfo(dtype).max) / 2
+            limit = _saturation(dtype)
             return jnp.clip(g, -limit, limit)
 
         def bias_corrections(dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
@@ -341,14 +355,14 @@ def hvadam(
         for i in range(len(grads)):
             dtype = exp_avgs[i].dtype
             g = effective_grad(i)
-            m = exp_avgs[i] + (1 - _as(b1, dtype)) * (g - exp_avgs[i])
+            m = _lerp(exp_avgs[i], g, 1 - _as(b1, dtype))
             new_exp_avgs.append(m)
             if flags.hidden_step:
                 shares.append(leaf_share(m, hidden_vectors[i], bias_corrections(dtype)[0]))
 
         decision, scope = None, state.scope
         if flags.hidden_step:
-            sums, left_out = scope_sums(shares, state.scope.delta.dtype)
+            sums, left_out, kept = scope_sums(shares, state.scope.delta.dtype)
             decision, scope = decide(
                 sums,
                 left_out,
@@ -368,7 +382,7 @@ def hvadam(
         for i in range(len(grads)):
             m = new_exp_avgs[i]
             dtype = m.dtype
-            limit = float(jnp.finfo(dtype).max) / 2
+            limit = _saturation(dtype)
             g = effective_grad(i)
             bc1, bc2 = bias_corrections(dtype)
             one_minus_b2 = 1 - _as(b2, dtype)
@@ -408,12 +422,13 @@ def hvadam(
 
             if decision is not None:
                 # v ← (1-w)·v + w·m̂, then the hidden step -lr_hidden·b_t·v.
-                weight = decision.v_weight.astype(dtype)
+                leaf = decision.for_leaf(kept[i])
+                weight = leaf.v_weight.astype(dtype)
                 if flags.hidden_moment:
                     weight = _ordered_after(weight, new_second[-1])
                 v = hidden_vectors[i] * (1 - weight) + m * (weight / bc1)
                 new_hidden.append(v)
-                step = step - (_as(lr_h, dtype) * decision.hidden_coef.astype(dtype)) * v
+                step = step - (_as(lr_h, dtype) * leaf.hidden_coef.astype(dtype)) * v
             out_updates.append(step.astype(grads[i].dtype))
 
         new_state = HVAdamState(

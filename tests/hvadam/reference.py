@@ -7,8 +7,9 @@ algebraic form instead).
 
 It also follows the project's rule for non-finite values (README, "Numerics"): a tensor whose
 <m̂,m̂>, <m̂,m̂-v> or <m̂-v,m̂-v> is not finite is left out of the vectors the decision is
-computed on (the decision still applies to every tensor), and a b_t that is not finite is
-treated as a degenerate cosine; both count as a non-finite step.
+computed on, and takes no part in the hidden update (its v changes only on a restart, and it
+takes no hidden step); a b_t that is not finite is treated as a degenerate cosine; both count as
+a non-finite step.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class TensorState:
     v: np.ndarray | None = None
 
 
-SATURATION = np.finfo(np.float64).max / 2
+SATURATION = np.finfo(np.float64).max / 4
 
 
 @dataclass
@@ -185,10 +186,10 @@ class ReferenceHVAdam:
             D = M_kept - V_kept
             dd = float(D @ D)
             k = float(M_kept @ D) / dd if dd != 0 else 0.0
-            # The decision (k, cosine, b) comes from the kept tensors alone; every member of the
-            # scope still follows it, so a left-out tensor's v stays as non-finite as its m.
+            # The decision (k, cosine, b) comes from the kept tensors alone, and only they
+            # follow it: a left-out tensor keeps its v and takes no hidden step.
             with np.errstate(all="ignore"):
-                candidate = k * V + (1 - k) * M
+                candidate = np.where(kept_elements, k * V + (1 - k) * M, V)
             candidate_kept = candidate[kept_elements]
             norm_v, norm_m = np.linalg.norm(candidate_kept), np.linalg.norm(M_kept)
             with np.errstate(all="ignore"):
@@ -227,11 +228,12 @@ class ReferenceHVAdam:
             sc.last_b = b
             new_v = candidate
             offset = 0
-            for (gi, ti), size in zip(members, sizes):
+            for (gi, ti), size, keep in zip(members, sizes, kept):
                 c = self.configs[gi]
                 lr_hidden = c.lr if c.lr_hidden is None else c.lr_hidden
                 piece = new_v[offset : offset + size].reshape(self.params[gi][ti].shape)
-                self.params[gi][ti] -= lr_hidden * b * piece
+                if keep:
+                    self.params[gi][ti] -= lr_hidden * b * piece
                 offset += size
         offset = 0
         for st, size in zip(states, sizes):

@@ -165,3 +165,40 @@ def test_nonfinite_hidden_step_size_changes_nothing_and_is_counted():
     assert after.scope.nonfinite_steps == inner.scope.nonfinite_steps + 1
     for old, new in zip(inner.hidden_vector["g0"], after.hidden_vector["g0"]):
         assert bool(jnp.array_equal(old, new))
+
+
+def test_a_leaf_left_out_of_the_decision_takes_no_hidden_update():
+    """A leaf whose squares overflow float32 (momentum ~1e25) is left out of the sums; it must
+    then move exactly as it does alone, where its row leaves nothing to decide, while the other
+    leaf keeps its hidden steps (as in the PyTorch suite)."""
+
+    transform = hvadam_jax.hvadam(learning_rate=1e-2, variant="hvadam2")
+
+    def run(shapes):
+        params = [jnp.zeros(s, jnp.float32) for s in shapes]
+        state = transform.init(params)
+        rng = np.random.default_rng(0)
+        for _ in range(30):
+            grads = [rng.standard_normal(3) * 1e25, rng.standard_normal(4)][: len(params)]
+            updates, state = transform.update([jnp.asarray(g, jnp.float32) for g in grads], state)
+            params = optax.apply_updates(params, updates)
+        return params, state
+
+    (big, healthy), state = run([(3,), (4,)])
+    (alone,), alone_state = run([(3,)])
+    assert_finite([big, healthy], state)
+    np.testing.assert_array_equal(np.asarray(big), np.asarray(alone))
+    scope = hvadam_jax.diagnostics(state)[0]
+    assert scope["nonfinite_steps"] == 30 and scope["hidden_step_size"] > 0
+
+
+def test_no_momentum_at_the_saturation_stays_finite():
+    """β1 = 0 and gradients at ±finfo.max: m + 1·(g - m) rounded one ulp past the saturation,
+    and the next g - m overflowed to -inf (the values of a PyTorch property-test failure)."""
+    transform = hvadam_jax.hvadam(b1=0.0, b2=0.5, eps=1e-30)
+    params = [jnp.zeros(2, jnp.float32)]
+    state = transform.init(params)
+    for g in [-9.984867988600888e37, 3.4028234663852886e38, -3.4028234663852886e38]:
+        updates, state = transform.update([jnp.asarray([g, 1.0], jnp.float32)], state, params)
+        params = optax.apply_updates(params, updates)
+        assert_finite(params, state)
