@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from hvadam_bench.training_step import atomic_write_text
+    from hvadam_bench.runner import atomic_write_text
 
     atomic_write_text(out / "cuda-graph.json", json.dumps(results, indent=1) + "\n")
     captured = all(run.get("captured") for run in results["runs"])

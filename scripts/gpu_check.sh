@@ -13,7 +13,7 @@
 #      host-sync column) into results/speed-cuda/;
 #   3. graph (60): scripts/cuda_graph_step.py, a whole training step with HVAdam captured in a
 #      CUDA graph, replayed and compared with eager, timings of both (cuda-graph.json);
-#   4. training step (110): python -m hvadam_bench.training_step --device cuda --preset full.
+#   4. training step (110): python -m hvadam_bench.studies.speed_training_step --device cuda --preset full.
 # Everything lands in results/speed-cuda/ (gpu-check.log is the whole log); where $OUT is set
 # (the device tool's machine), the files are copied there too.
 #
@@ -87,7 +87,7 @@ stage tests 200 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
 stage speed 170 "$PYTHON" -m hvadam_bench speed --device cuda --full \
     --optimizers "$SPEED_OPTIMIZERS" --out "$RESULTS" --no-progress --no-training-step
 stage graph 60 "$PYTHON" scripts/cuda_graph_step.py --out "$RESULTS"
-stage training-step 110 "$PYTHON" -m hvadam_bench.training_step --device cuda --preset full \
+stage training-step 110 "$PYTHON" -m hvadam_bench.studies.speed_training_step --device cuda --preset full \
     --workloads "$WORKLOADS" --out "$RESULTS" --no-progress
 
 say "done in $((SECONDS - START))s; failed or skipped: ${FAILED[*]:-none}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hvadam_bench import compile_cost
+from hvadam_bench.studies import speed_compile_cost as compile_cost
 
 
 def test_measure_here_times_cold_and_warm_calls(monkeypatch):

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from hvadam_bench import compile_cost, training_step
 from hvadam_bench.cli import main
 from hvadam_bench.studies import speed
+from hvadam_bench.studies import speed_compile_cost as compile_cost
+from hvadam_bench.studies import speed_training_step as training_step
 from hvadam_bench.studies.speed import _peak_step_bytes, floor_ms
 
 from .conftest import is_png

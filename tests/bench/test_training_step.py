@@ -7,8 +7,8 @@ import json
 import pytest
 
 from hvadam import _fused
-from hvadam_bench import training_step
-from hvadam_bench.training_step import OPTIMIZERS, WORKLOADS, TrainingStepConfig
+from hvadam_bench.studies import speed_training_step as training_step
+from hvadam_bench.studies.speed_training_step import OPTIMIZERS, WORKLOADS, TrainingStepConfig
 
 
 @pytest.fixture

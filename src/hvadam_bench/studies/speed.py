@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from hvadam import HVAdam
-from hvadam_bench import compile_cost, training_step
 from hvadam_bench.reporting import figures as plots
 from hvadam_bench.reporting.markdown import fmt, table
 from hvadam_bench.runner import (
@@ -42,6 +41,8 @@ from hvadam_bench.runner import (
     prepare_output,
     versions,
 )
+from hvadam_bench.studies import speed_compile_cost as compile_cost
+from hvadam_bench.studies import speed_training_step as training_step
 
 # Floats per parameter a step must move: (in read-only passes, in read-and-write passes).
 FLOATS_PER_PARAM = {"hvadam": (3, 9), "adam": (0, 7)}

@@ -73,7 +73,7 @@ def measure(optimizer_name: str, timeout_s: float = 1800) -> dict:
     with tempfile.TemporaryDirectory(prefix="hvadam-compile-") as cache:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, TORCHINDUCTOR_FX_GRAPH_CACHE="0")
         result = subprocess.run(
-            [sys.executable, "-m", "hvadam_bench.compile_cost", optimizer_name],
+            [sys.executable, "-m", "hvadam_bench.studies.speed_compile_cost", optimizer_name],
             env=env,
             capture_output=True,
             text=True,
