@@ -180,10 +180,10 @@ class _Bucket(NamedTuple):
     cap: bool
 
 
-def _constants(opts: GroupOptions, like: Tensor) -> dict[str, Tensor | None]:
-    """The group's options as kernel arguments, filled on ``like``'s device (a change does not
-    recompile): ``"packed"``, the values at the positions of :data:`CONSTANTS`, and each one
-    by name, ``l2`` and ``cap`` as None when off."""
+def _constants(opts: GroupOptions, like: Tensor) -> tuple[Tensor, bool, bool]:
+    """The group's options as a kernel argument, filled on ``like``'s device (a change does not
+    recompile): the values at the positions of :data:`CONSTANTS`; then whether L2 decay and the
+    second-moment cap are on (compile-time flags)."""
     factor = decayed_weight_factor(opts)
     l2 = opts.decay == "l2" and opts.weight_decay != 0
     cap = opts.second_moment_cap if opts.hidden_moment else None  # the cap acts on η·p alone
@@ -199,13 +199,7 @@ def _constants(opts: GroupOptions, like: Tensor) -> dict[str, Tensor | None]:
         "cap": 0.0 if cap is None else cap,
     }
     packed = torch.stack([device_scalar(values[name], like) for name in CONSTANTS])
-    constants: dict[str, Tensor | None] = dict(zip(CONSTANTS, packed.unbind()))
-    constants["packed"] = packed
-    if not l2:
-        constants["l2"] = None
-    if cap is None:
-        constants["cap"] = None
-    return constants
+    return packed, l2, cap is not None
 
 
 def _groups(segment: Segment, indices: list[int]) -> list[tuple[int, list[int], bool]]:
@@ -247,15 +241,8 @@ def prepare(segment: Segment) -> Prepared:
         dtype = compute_dtype(segment.params[first].dtype, segment.exp_avgs[first].dtype)
         step = step_scalars(steps, opts, dtype)
         scalars = torch.stack([step.neg_bc1, step.inv_bc1, step.eps_scaled, step.neg_step], 1)
-        constants = _constants(opts, step.neg_bc1)
         bucket = _Bucket(
-            groups,
-            dtype,
-            scalars,
-            torch.stack(steps),
-            constants["packed"],  # type: ignore[arg-type]
-            l2=constants["l2"] is not None,
-            cap=constants["cap"] is not None,
+            groups, dtype, scalars, torch.stack(steps), *_constants(opts, step.neg_bc1)
         )
         carry.append(bucket)
         if not opts.hidden_step:

@@ -67,6 +67,52 @@ class CoupledValley:
         return out
 
 
+# Two param groups of tensors of several ranks, the layout most path and reference tests use;
+# tensors (0, 1) and (1, 0) get no gradient on every third step, as unused parameters.
+TWO_GROUPS = [[(3, 4), (5,), (2, 1, 3)], [(2, 3), (4,)]]
+SOMETIMES_MISSING = ((0, 1), (1, 0))
+
+
+def two_group_valley() -> CoupledValley:
+    """The coupled valley over :data:`TWO_GROUPS`, noisy, with missing gradients."""
+    return CoupledValley(TWO_GROUPS, seed=7, noise=1.0, missing=SOMETIMES_MISSING)
+
+
+# Two groups with different options each, covering every option the kernels branch on: the
+# fused kernels (test_fused.py) and the CUDA paths (test_cuda.py) are held to the reference on
+# them. Restart thresholds above the default make restarts happen within 40 steps.
+KERNEL_CASES = {
+    "defaults_restarts": [
+        GroupConfig(lr=1e-2, betas=(0.9, 0.9), restart_threshold=0.8),
+        GroupConfig(lr=3e-2, betas=(0.8, 0.9), restart_threshold=0.8),
+    ],
+    "l2_amsgrad_gamma_cap": [
+        GroupConfig(lr=1e-2, weight_decay=0.1, amsgrad=True, gamma=0.5),
+        GroupConfig(lr=3e-2, eps=1e-8, amsgrad=True, second_moment_cap=1.0),
+    ],
+    "decoupled_global_cosine_rate": [
+        GroupConfig(
+            lr=1e-2,
+            weight_decay=0.1,
+            decoupled_weight_decay=True,
+            scope="global",
+            cosine_beta=0.8,
+            bias_corrected_step=True,
+            hidden_step_size=(4.0, -3.0),
+        ),
+        GroupConfig(
+            lr=3e-2,
+            scope="global",
+            lr_hidden=0.1,
+            cosine_beta=0.8,
+            bias_corrected_step=True,
+            hidden_step_size=(4.0, -3.0),
+        ),
+    ],
+    "ablations": [GroupConfig(lr=1e-2, variant="hvadam1"), GroupConfig(lr=3e-2, variant="hvadam0")],
+}
+
+
 def make_torch(
     initial: list[list[np.ndarray]],
     configs: list[GroupConfig],

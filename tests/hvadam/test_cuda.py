@@ -13,28 +13,11 @@ from torch import nn
 
 from hvadam import HVAdam
 from hvadam._rounding import stochastic_round_bf16
-from tests.hvadam.problems import CoupledValley, max_deviation
-from tests.hvadam.reference import GroupConfig, ReferenceHVAdam
+from tests.hvadam.problems import KERNEL_CASES, max_deviation, two_group_valley
+from tests.hvadam.reference import ReferenceHVAdam
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-SHAPES = [[(3, 4), (5,), (2, 1, 3)], [(2, 3), (4,)]]
-MISSING = ((0, 1), (1, 0))
-CASES = {
-    "defaults_restarts": [
-        GroupConfig(lr=1e-2, betas=(0.9, 0.9), restart_threshold=0.8),
-        GroupConfig(lr=3e-2, betas=(0.8, 0.9), restart_threshold=0.8),
-    ],
-    "l2_amsgrad_gamma": [
-        GroupConfig(lr=1e-2, weight_decay=0.1, amsgrad=True, gamma=0.5),
-        GroupConfig(lr=3e-2, eps=1e-8, amsgrad=True),
-    ],
-    "decoupled_global": [
-        GroupConfig(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, scope="global"),
-        GroupConfig(lr=3e-2, scope="global", lr_hidden=0.1),
-    ],
-    "ablations": [GroupConfig(lr=1e-2, variant="hvadam1"), GroupConfig(lr=3e-2, variant="hvadam0")],
-}
 # The default path on CUDA is foreach (test_cuda_default_path_is_foreach).
 PATHS = {"foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -57,14 +40,14 @@ def _host(params: list[list[torch.Tensor]]) -> list[list[np.ndarray]]:
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
 def test_cuda_paths_match_reference_to_1e_10(case, path):
-    problem = CoupledValley(SHAPES, seed=7, noise=1.0, missing=MISSING)
-    reference = ReferenceHVAdam(problem.initial(), CASES[case])
+    problem = two_group_valley()
+    reference = ReferenceHVAdam(problem.initial(), KERNEL_CASES[case])
     params = _cuda_params(problem.initial())
     groups = [
         {"params": group, **config.torch_kwargs(), **PATHS[path]}
-        for group, config in zip(params, CASES[case])
+        for group, config in zip(params, KERNEL_CASES[case])
     ]
     optimizer = HVAdam(groups)
     worst = 0.0

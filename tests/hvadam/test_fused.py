@@ -9,41 +9,7 @@ from torch import nn
 
 from hvadam import HVAdam
 from hvadam._rounding import stochastic_round_bf16
-from tests.hvadam.problems import CoupledValley, run_both
-from tests.hvadam.reference import GroupConfig
-
-SHAPES = [[(3, 4), (5,), (2, 1, 3)], [(2, 3), (4,)]]
-
-CASES = {
-    "defaults_restarts": [
-        GroupConfig(lr=1e-2, betas=(0.9, 0.9), restart_threshold=0.8),
-        GroupConfig(lr=3e-2, betas=(0.8, 0.9), restart_threshold=0.8),
-    ],
-    "l2_amsgrad_gamma_cap": [
-        GroupConfig(lr=1e-2, weight_decay=0.1, amsgrad=True, gamma=0.5),
-        GroupConfig(lr=3e-2, eps=1e-8, amsgrad=True, second_moment_cap=1.0),
-    ],
-    "decoupled_global_cosine_rate": [
-        GroupConfig(
-            lr=1e-2,
-            weight_decay=0.1,
-            decoupled_weight_decay=True,
-            scope="global",
-            cosine_beta=0.8,
-            bias_corrected_step=True,
-            hidden_step_size=(4.0, -3.0),
-        ),
-        GroupConfig(
-            lr=3e-2,
-            scope="global",
-            lr_hidden=0.1,
-            cosine_beta=0.8,
-            bias_corrected_step=True,
-            hidden_step_size=(4.0, -3.0),
-        ),
-    ],
-    "ablations": [GroupConfig(lr=1e-2, variant="hvadam1"), GroupConfig(lr=3e-2, variant="hvadam0")],
-}
+from tests.hvadam.problems import KERNEL_CASES, run_both, two_group_valley
 
 
 @pytest.fixture(autouse=True)
@@ -55,10 +21,9 @@ def fresh_compile_cache():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
 def test_fused_matches_reference_to_1e_10(case):
-    problem = CoupledValley(SHAPES, seed=7, noise=1.0, missing=((0, 1), (1, 0)))
-    deviations, ref, opt = run_both(problem, CASES[case], steps=40, fused=True)
+    deviations, ref, opt = run_both(two_group_valley(), KERNEL_CASES[case], steps=40, fused=True)
     assert deviations.max() < 1e-10, f"max deviation {deviations.max():.3e}"
     if case == "defaults_restarts":
         assert sum(s.restarts for s in ref.scopes.values()) > 0

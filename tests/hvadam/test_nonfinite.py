@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from hvadam import HVAdam
-from tests.hvadam.problems import CoupledValley, run_both
+from tests.hvadam.problems import TWO_GROUPS, CoupledValley, run_both, two_group_valley
 from tests.hvadam.reference import GroupConfig
 
 PATHS = [
@@ -97,7 +97,6 @@ class PoisonedValley(CoupledValley):
         return out
 
 
-SHAPES = [[(3, 4), (5,), (2, 1, 3)], [(2, 3), (4,)]]
 CONFIGS = [
     GroupConfig(lr=1e-2, betas=(0.9, 0.9), restart_threshold=0.8),
     GroupConfig(lr=3e-2, betas=(0.8, 0.9), scope="tensor", restart_threshold=0.8),
@@ -109,7 +108,7 @@ CONFIGS = [
 def test_non_finite_tensor_is_left_out_of_its_scope(path, bad):
     # Tensor (0, 1) turns bad at step 5 and stays bad (its moments stay non-finite); group 0's
     # other tensors must keep their hidden steps and restarts, exactly as the reference says.
-    problem = PoisonedValley(SHAPES, seed=3, noise=1.0, poison=(5, 0, 1, bad))
+    problem = PoisonedValley(TWO_GROUPS, seed=3, noise=1.0, poison=(5, 0, 1, bad))
     deviations, ref, opt = run_both(problem, CONFIGS, steps=40, **path)
     healthy = [p for i, p in enumerate(opt.param_groups[0]["params"]) if i != 1]
     healthy += opt.param_groups[1]["params"]
@@ -173,8 +172,7 @@ def test_non_finite_hidden_step_size_changes_nothing_and_is_counted(path):
         GroupConfig(lr=1e-2, betas=(0.9, 0.9), hidden_step_size=rule),
         GroupConfig(lr=3e-2),
     ]
-    problem = CoupledValley(SHAPES, seed=7, noise=1.0, missing=((0, 1), (1, 0)))
-    deviations, ref, opt = run_both(problem, configs, steps=40, **path)
+    deviations, ref, opt = run_both(two_group_valley(), configs, steps=40, **path)
     assert deviations.max() < 1e-10, f"max deviation {deviations.max():.3e}"
     counted = ref.scopes[("group", 0)].nonfinite_steps
     assert 0 < counted < 35, counted  # both branches of the rule were taken

@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.hvadam.problems import CoupledValley, max_deviation, run_both, run_reference
+from tests.hvadam.problems import (
+    CoupledValley,
+    max_deviation,
+    run_both,
+    run_reference,
+    two_group_valley,
+)
 from tests.hvadam.reference import GroupConfig
 
-SHAPES = [[(3, 4), (5,), (2, 1, 3)], [(2, 3), (4,)]]
-MISSING = ((0, 1), (1, 0))
 PATHS = [
     pytest.param({"foreach": False}, id="single"),
     pytest.param({"foreach": True}, id="foreach"),
@@ -75,7 +79,7 @@ CASES = {
 
 def problem_for(case: str) -> CoupledValley:
     maximize = case.startswith("maximize")
-    problem = CoupledValley(SHAPES, seed=7, noise=1.0, missing=MISSING)
+    problem = two_group_valley()
     if maximize:  # ascend -f: feed -∇f so that maximizing it is the same descent
         problem.q = -problem.q
         problem.directions = [-d for d in problem.directions]
