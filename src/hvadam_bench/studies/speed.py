@@ -413,6 +413,8 @@ def main(args: argparse.Namespace) -> int:
         results["training_step"] = training_step.run(step_config, out, not args.no_progress)
     if args.compile_cost:
         results["compile_cost"] = compile_cost.measure_all()
+    # run() has written the per-size results already, so that a long or interrupted
+    # training-step section loses none of them; this write adds the later sections.
     atomic_write_json(out / "speed.json", results)
     atomic_write_text(out / "report.md", render_report(results))
     print(f"wrote {out / 'speed.json'}, {out / 'report.md'} and {out / 'speed.png'}")
