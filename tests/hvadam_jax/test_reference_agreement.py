@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.hvadam.problems import run_reference
+from tests.hvadam.problems import TWO_GROUPS, run_reference
 from tests.hvadam.reference import GroupConfig
-from tests.hvadam.test_reference_agreement import CASES, SHAPES, problem_for
+from tests.hvadam.test_reference_agreement import CASES, problem_for
 from tests.hvadam_jax.harness import deviations, require_expressible, run_jax
 
 # Every case of the PyTorch suite (a case added there is run here too, or skipped naming what
@@ -88,4 +88,4 @@ def test_float32_matches_reference_to_float32_round_off():
 
 
 def test_shapes_are_the_pytorch_suites():
-    assert [len(group) for group in SHAPES] == [3, 2]
+    assert [len(group) for group in TWO_GROUPS] == [3, 2]
